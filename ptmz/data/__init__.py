@@ -1,0 +1,18 @@
+"""Datasets as uint8 tensors, stratified subsets, and the device-resident batch loader."""
+
+from ptmz.data.augment import Augment, augment_batch
+from ptmz.data.datasets import DATASETS, DatasetNotFound, ImageDataset, Split, load_dataset
+from ptmz.data.loader import DeviceLoader
+from ptmz.data.subset import stratified_subset
+
+__all__ = [
+    "DATASETS",
+    "Augment",
+    "DatasetNotFound",
+    "DeviceLoader",
+    "ImageDataset",
+    "Split",
+    "augment_batch",
+    "load_dataset",
+    "stratified_subset",
+]

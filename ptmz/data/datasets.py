@@ -1,0 +1,196 @@
+"""Dataset registry: every dataset arrives as uint8 images (N, C, H, W) plus int64 labels.
+
+Keeping the raw uint8 tensors (not a torchvision Dataset object) lets the loader hold the
+whole training set on the training device and augment whole batches at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptmz.errors import PtmzError, choose
+
+
+class DatasetNotFound(PtmzError):
+    def __init__(self, name: str, root: Path, how: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"dataset={name}: not found in {root}{detail}. {how} "
+            f"Point data_root=... at the folder that holds it."
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, in [0, 1]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+
+def _split(images: np.ndarray | torch.Tensor, labels, channels_last: bool = False) -> Split:
+    images = torch.as_tensor(images)
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    elif channels_last:
+        images = images.permute(0, 3, 1, 2)
+    return Split(images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+
+def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], object]):
+    """Open a torchvision dataset; a missing one becomes a DatasetNotFound naming the path."""
+    try:
+        return make(False)
+    except RuntimeError as missing:
+        if not download:
+            raise DatasetNotFound(
+                name, root, "Download it (download=true) or copy torchvision's files there."
+            ) from missing
+    try:
+        return make(True)
+    except Exception as failed:  # network errors come in many types (URLError, OSError, ...)
+        raise DatasetNotFound(
+            name,
+            root,
+            "The download failed: copy torchvision's files there by hand.",
+            reason=f"{type(failed).__name__}: {failed}",
+        ) from failed
+
+
+def _digits(root: Path, download: bool) -> tuple[Split, Split]:
+    """scikit-learn's bundled 8x8 digits (1797 images, 0..16) on a fixed 75/25 stratified split.
+
+    The split uses its own fixed seed so every run of every zoo sees the same test set.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    return _split(x_tr, y_tr), _split(x_te, y_te)
+
+
+def _cifar(cls_name: str) -> Callable[[Path, bool], tuple[Split, Split]]:
+    def load(root: Path, download: bool) -> tuple[Split, Split]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+
+        def split(train: bool) -> Split:
+            ds = _torchvision(
+                cls_name.lower(),
+                root,
+                download,
+                lambda dl: cls(str(root), train=train, download=dl),
+            )
+            return _split(ds.data, ds.targets, channels_last=True)
+
+        return split(True), split(False)
+
+    return load
+
+
+def _svhn(root: Path, download: bool) -> tuple[Split, Split]:
+    from torchvision.datasets import SVHN
+
+    def split(name: str) -> Split:
+        ds = _torchvision("svhn", root, download, lambda dl: SVHN(str(root), name, download=dl))
+        return _split(ds.data, ds.labels)
+
+    return split("train"), split("test")
+
+
+def _mnist_like(cls_name: str) -> Callable[[Path, bool], tuple[Split, Split]]:
+    def load(root: Path, download: bool) -> tuple[Split, Split]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+
+        def split(train: bool) -> Split:
+            ds = _torchvision(
+                cls_name.lower(),
+                root,
+                download,
+                lambda dl: cls(str(root), train=train, download=dl),
+            )
+            return _split(ds.data, ds.targets)
+
+        return split(True), split(False)
+
+    return load
+
+
+def _tinyimagenet(root: Path, download: bool) -> tuple[Split, Split]:
+    """The standard tiny-imagenet-200 folder: train/<wnid>/images/*, val/images + annotations."""
+    from PIL import Image
+
+    base = root / "tiny-imagenet-200"
+    annotations = base / "val" / "val_annotations.txt"
+    if not (base / "train").is_dir() or not annotations.is_file():
+        raise DatasetNotFound(
+            "tinyimagenet",
+            base,
+            "Unpack tiny-imagenet-200.zip there (train/<wnid>/images/*.JPEG, "
+            "val/images/*.JPEG, val/val_annotations.txt); it is not downloaded automatically.",
+        )
+    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    index = {wnid: i for i, wnid in enumerate(classes)}
+
+    def read(files: list[Path], labels: list[int]) -> Split:
+        images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        return _split(images, labels, channels_last=True)
+
+    train = sorted((f, index[f.parent.parent.name]) for f in (base / "train").glob("*/images/*"))
+    val = []
+    for line in annotations.read_text().splitlines():
+        file, wnid = line.split("\t")[:2]
+        val.append((base / "val" / "images" / file, index[wnid]))
+    return read(*map(list, zip(*train, strict=True))), read(*map(list, zip(*val, strict=True)))
+
+
+CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+
+# name -> (loader, classes, mean, std). The published CIFAR/SVHN zoos share one normalisation.
+DATASETS: dict[str, tuple[Callable[[Path, bool], tuple[Split, Split]], int, tuple, tuple]] = {
+    "digits": (_digits, 10, (0.3053,), (0.3759,)),
+    "cifar10": (_cifar("CIFAR10"), 10, CIFAR_MEAN, CIFAR_STD),
+    "cifar100": (_cifar("CIFAR100"), 100, CIFAR_MEAN, CIFAR_STD),
+    "svhn": (_svhn, 10, CIFAR_MEAN, CIFAR_STD),
+    "mnist": (_mnist_like("MNIST"), 10, (0.1307,), (0.3081,)),
+    "fashionmnist": (_mnist_like("FashionMNIST"), 10, (0.2860,), (0.3530,)),
+    "tinyimagenet": (_tinyimagenet, 200, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+}
+
+
+def load_dataset(name: str, root: str | Path = "data", download: bool = True) -> ImageDataset:
+    """Load a registered dataset as uint8 tensors; a missing one raises DatasetNotFound."""
+    loader, num_classes, mean, std = choose("dataset", name, DATASETS)
+    train, test = loader(Path(root).expanduser().resolve(), download)
+    return ImageDataset(name, train, test, num_classes, mean, std)

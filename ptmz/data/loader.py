@@ -1,0 +1,55 @@
+"""A loader over a dataset held on the training device: index batches, augment whole batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from ptmz.data.augment import Augment, augment_batch
+from ptmz.data.datasets import Split
+
+
+class DeviceLoader:
+    """Batches of (normalised float images, labels) from a Split held on `device` as uint8.
+
+    Each pass draws a permutation (and all augmentation draws) from `generator`, so the data
+    order of a run is a function of its seed and resumes exactly from a saved generator state.
+    The last, smaller batch is kept.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        augment: Augment | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.generator = generator  # None: fixed order, no augmentation draws
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=device).view(shape) * 255
+        self.std = torch.tensor(std, device=device).view(shape) * 255
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.generator is None:
+            order = torch.arange(n, device=self.labels.device)
+        else:
+            order = torch.randperm(n, generator=self.generator).to(self.labels.device)
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.images[index]
+            if self.augment is not None:
+                x = augment_batch(x, self.augment, self.generator)
+            yield (x.float() - self.mean) / self.std, self.labels[index]

@@ -1,0 +1,22 @@
+"""Errors users see for bad input: each names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PtmzError(Exception):
+    """An error caused by the user's input or environment, shown without a traceback."""
+
+
+class ConfigError(PtmzError, ValueError):
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def choose(key: str, value: str, options: dict[str, Any]) -> Any:
+    """Look `value` up in a registry, failing with the list of valid names."""
+    if value not in options:
+        raise ConfigError(key, value, f"choose one of {', '.join(sorted(options))}")
+    return options[value]

@@ -1,0 +1,141 @@
+"""RunSpec: everything one training run needs, validated, plus the run id derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ptmz.data.augment import Augment
+from ptmz.data.datasets import DATASETS
+from ptmz.errors import ConfigError, choose
+from ptmz.models import MODELS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a run trains. The defaults are the published CIFAR/SVHN ResNet recipe."""
+
+    optimizer: str = "sgd"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # OneCycleLR(max_lr=lr) stepped per batch
+    augment: Augment = field(default_factory=Augment)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a zoo. Fields above `out_dir` define the run (and its id); the rest say where
+    and how it executes and never change the trained weights."""
+
+    zoo: str = "digits_resnet18"
+    dataset: str = "digits"
+    model: str = "resnet18"
+    width: int = 8
+    batch_size: int = 32
+    lr: float = 0.1
+    data_fraction: float = 1.0
+    epochs: int = 10
+    seed: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
+
+    out_dir: str = "zoos"
+    data_root: str = "data"
+    download: bool = True
+    device: str = "auto"
+    checkpoints: int | tuple[int, ...] = 1  # every N epochs, or a list; 0 and last always kept
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choose("model", self.model, MODELS)
+        choose("dataset", self.dataset, DATASETS)
+        choose("recipe.optimizer", self.recipe.optimizer, dict.fromkeys(OPTIMIZERS))
+        choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
+        choose("device", self.device, dict.fromkeys(DEVICES))
+        for key in ("width", "batch_size", "epochs"):
+            _check_int(key, getattr(self, key), minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        _check_int("recipe.augment.crop_padding", self.recipe.augment.crop_padding, minimum=0)
+        if not 0 < self.data_fraction <= 1:
+            raise ConfigError("data_fraction", self.data_fraction, "a number in (0, 1]")
+        if not self.lr > 0:
+            raise ConfigError("lr", self.lr, "a positive number")
+        if not 0 <= self.recipe.augment.rotation <= 180:
+            raise ConfigError(
+                "recipe.augment.rotation", self.recipe.augment.rotation, "degrees in [0, 180]"
+            )
+        if isinstance(self.checkpoints, int):
+            _check_int("checkpoints", self.checkpoints, minimum=1)
+        elif not all(isinstance(e, int) and 0 <= e <= self.epochs for e in self.checkpoints):
+            raise ConfigError(
+                "checkpoints",
+                list(self.checkpoints),
+                f"every-N as a positive integer, or a list of epochs in 0..{self.epochs}",
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunSpec:
+        """Build from plain (nested) dicts, rejecting unknown keys by name."""
+        values = dict(values)
+        recipe = dict(values.pop("recipe", {}))
+        augment = Augment(**_known(Augment, recipe.pop("augment", {}), "recipe.augment."))
+        recipe = Recipe(augment=augment, **_known(Recipe, recipe, "recipe."))
+        if isinstance(values.get("checkpoints"), list | tuple):
+            values["checkpoints"] = tuple(values["checkpoints"])
+        for key in ("lr", "data_fraction"):  # 1 and 1.0 must give the same run id
+            if isinstance(values.get(key), int) and not isinstance(values[key], bool):
+                values[key] = float(values[key])
+        return cls(recipe=recipe, **_known(cls, values, ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What determines the trained weights: the content the run id hashes."""
+        names = [f.name for f in fields(self)]
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if names.index(k) < names.index("out_dir") and k != "zoo"
+        }
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+        return f"w{self.width}_bs{self.batch_size}_s{self.seed}-{digest[:8]}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir).expanduser().resolve() / self.zoo / self.run_id
+
+    def is_checkpoint(self, epoch: int) -> bool:
+        """Whether the weights after `epoch` are kept (0 and the last epoch always are)."""
+        if epoch in (0, self.epochs):
+            return True
+        if isinstance(self.checkpoints, int):
+            return epoch % self.checkpoints == 0
+        return epoch in self.checkpoints
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, f"an integer >= {minimum}")
+
+
+def _known(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    allowed = {f.name for f in fields(cls)} - {"recipe", "augment"}
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(
+                f"{prefix}{key}",
+                values[key],
+                f"not a known key; known keys: {', '.join(sorted(allowed))}",
+            )
+    return values

@@ -1,0 +1,136 @@
+"""The config surface: zoos compose dataset + model + recipe, parts swap, bad input is named."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra.errors import HydraException
+
+from ptmz.errors import ConfigError
+from ptmz.tasks import run_task
+from ptmz.tasks.train import spec_from_config
+
+from conftest import ROOT, launch
+
+PUBLISHED = [
+    f"{d}_{m}"
+    for d in ("svhn", "cifar10", "cifar100", "tinyimagenet")
+    for m in ("resnet18", "resnet50")
+]
+
+
+def grid_size(cfg) -> int:
+    params = cfg.hydra.sweeper.params
+    return len(list(itertools.product(*(str(v).split(",") for v in params.values()))))
+
+
+@pytest.mark.parametrize("zoo", PUBLISHED)
+def test_published_zoos_have_recipe_and_192_run_grid(config, zoo):
+    cfg = config(f"zoo={zoo}", hydra=True)
+    spec = spec_from_config(cfg)
+    assert (spec.zoo, spec.dataset, spec.model) == (zoo, zoo.split("_")[0], zoo.split("_")[1])
+    assert (spec.epochs, spec.lr, spec.recipe.optimizer, spec.recipe.schedule) == (
+        150,
+        0.1,
+        "sgd",
+        "onecycle",
+    )
+    assert (spec.recipe.momentum, spec.recipe.weight_decay) == (0.9, 5e-4)
+    assert (
+        spec.recipe.augment.crop_padding,
+        spec.recipe.augment.hflip,
+        spec.recipe.augment.rotation,
+    ) == (4, True, 20)
+    assert grid_size(cfg) == 192
+    assert cfg.hydra.sweeper.params.width == "2,4,8,16,32,64,128,256"
+    assert cfg.hydra.sweeper.params.batch_size == "8,16,32,64,128,256,512,1024"
+
+
+def test_default_is_the_offline_digits_zoo(config):
+    cfg = config(hydra=True)
+    spec = spec_from_config(cfg)
+    assert (spec.zoo, spec.dataset, spec.model) == ("digits_resnet18", "digits", "resnet18")
+    assert not spec.recipe.augment.hflip
+    assert 8 <= grid_size(cfg) <= 24
+
+
+def test_zoo_parts_swap_on_the_command_line(config):
+    spec = spec_from_config(config("zoo=cifar10_resnet18", "model=resnet50"))
+    assert (spec.zoo, spec.dataset, spec.model) == ("cifar10_resnet18", "cifar10", "resnet50")
+    spec = spec_from_config(config("zoo=cifar10_resnet18", "dataset=svhn", "width=32", "lr=0.05"))
+    assert (spec.dataset, spec.model, spec.width, spec.lr) == ("svhn", "resnet18", 32, 0.05)
+    spec = spec_from_config(config("recipe.augment.rotation=0", "recipe.schedule=cosine"))
+    assert (spec.recipe.augment.rotation, spec.recipe.schedule) == (0, "cosine")
+
+
+@pytest.mark.parametrize(
+    "group, value",
+    [("zoo", "imagenet_vgg"), ("task", "fly"), ("model", "vgg16"), ("dataset", "imagenet")],
+)
+def test_unknown_group_choice_lists_the_options(config, group, value):
+    with pytest.raises(HydraException) as error:
+        config(f"{group}={value}")
+    message = str(error.value)
+    assert f"{group}/{value}" in message and f"Available options in '{group}'" in message
+    assert {"zoo": "cifar10_resnet18", "task": "train", "model": "resnet50", "dataset": "svhn"}[
+        group
+    ] in message
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("width=0", r"width=0 is not allowed: an integer >= 1"),
+        ("width=-4", r"width=-4 is not allowed: an integer >= 1"),
+        ("batch_size=0", r"batch_size=0 is not allowed: an integer >= 1"),
+        ("epochs=0", r"epochs=0 is not allowed: an integer >= 1"),
+        ("data_fraction=0", r"data_fraction=0.0 is not allowed: a number in \(0, 1\]"),
+        ("data_fraction=1.5", r"data_fraction=1.5 is not allowed: a number in \(0, 1\]"),
+        ("lr=-0.1", r"lr=-0.1 is not allowed: a positive number"),
+        ("device=tpu", r"device='tpu' is not allowed: choose one of auto, cpu, cuda"),
+        ("recipe.optimizer=lbfgs", r"recipe.optimizer='lbfgs'.*adam, adamw, sgd"),
+        ("+recipe.nesterov=true", r"recipe.nesterov=True.*not a known key"),
+        (
+            "batch_size=2000",
+            r"batch_size=2000 is not allowed: at most the training subset size, "
+            r"1347 samples \(dataset=digits, data_fraction=1.0\)",
+        ),
+        (
+            "data_fraction=0.01",
+            r"batch_size=32 is not allowed: at most the training subset "
+            r"size, 10 samples \(dataset=digits, data_fraction=0.01\)",
+        ),
+    ],
+)
+def test_bad_values_are_named(config, tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        run_task(config(f"out_dir={tmp_path}", "progress=false", override))
+    assert not list(tmp_path.glob("*/*"))  # nothing was written for the bad run
+
+
+def test_unwritable_out_dir_is_named(config, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"out_dir='.*a_file/zoos'.*a directory you can write"):
+        run_task(config(f"out_dir={blocker}/zoos"))
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    result = launch(f"out_dir={tmp_path}", "width=0")
+    assert result.returncode == 2
+    assert "ptmz: error: width=0 is not allowed: an integer >= 1" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    result = launch(f"out_dir={tmp_path}", "zoo=nope")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Could not find 'zoo/nope'" in result.stderr and "digits_resnet18" in result.stderr
+
+
+def test_config_files_exist_for_every_registry_name():
+    from ptmz.data import DATASETS
+    from ptmz.models import MODELS
+    from ptmz.tasks import TASKS
+
+    for group, names in (("dataset", DATASETS), ("model", MODELS), ("task", TASKS)):
+        assert {p.stem for p in Path(ROOT / "conf" / group).glob("*.yaml")} == set(names)

@@ -1,0 +1,136 @@
+"""Training runs: records, checkpoints, skip/resume, divergence and failure, run ids."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+import ptmz.train.loop
+from ptmz.train import RunSpec, train_run
+from ptmz.zoo import RunDir
+
+from conftest import launch, popen_launch
+
+TINY = dict(width=2, batch_size=256, epochs=3, progress=False)
+
+
+def test_run_writes_records_checkpoints_and_status(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), checkpoints=2, **TINY)
+    assert train_run(spec) == "done"
+    run = RunDir(spec.run_dir)
+    assert run.path == tmp_path / "digits_resnet18" / spec.run_id
+    assert spec.run_id.startswith("w2_bs256_s0-")
+    assert run.state == "done" and run.status["epoch"] == 3
+    records = run.records
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    for r in records:
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["test_loss"] > 0
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert run.checkpoint_epochs == [0, 2, 3]  # every 2, plus the last
+    assert run.resume_epoch is None  # a finished run keeps no optimizer state
+    assert RunSpec.from_dict(run.config) == spec
+    model = ptmz.train.loop.build_model("resnet18", 2, 1, 10)
+    model.load_state_dict(run.load_weights(3), strict=True)
+
+
+def test_finished_run_is_skipped(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), **TINY)
+    train_run(spec)
+    weights = RunDir(spec.run_dir).weights_path(3)
+    before = weights.stat().st_mtime_ns
+    assert train_run(spec) == "done"
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_checkpoint_list_keeps_first_and_last(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), checkpoints=(1,), **TINY)
+    train_run(spec)
+    assert RunDir(spec.run_dir).checkpoint_epochs == [0, 1, 3]
+
+
+def test_non_finite_loss_marks_run_diverged(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), **{**TINY, "lr": 1e12})
+    assert train_run(spec) == "diverged"
+    run = RunDir(spec.run_dir)
+    assert run.state == "diverged"
+    assert run.records[-1]["train_loss"] is None or run.records[-1]["batch_loss"] is None
+    assert train_run(spec) == "diverged"  # a diverged run is finished: not retried
+
+
+def test_exception_marks_run_failed_with_the_error(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    spec = RunSpec(out_dir=str(tmp_path), **TINY)
+    monkeypatch.setattr(ptmz.train.loop, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train_run(spec)
+    status = RunDir(spec.run_dir).status
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: disk on fire"
+
+
+def test_run_id_is_content_keyed():
+    base = RunSpec(**TINY)
+    assert base.run_id == RunSpec(**TINY).run_id
+    assert base.run_id == RunSpec.from_dict({**TINY, "lr": 0.1}).run_id
+    assert RunSpec.from_dict({**TINY, "data_fraction": 1}).run_id == base.run_id
+    same_training = RunSpec(**{**TINY, "out_dir": "/elsewhere", "device": "cpu", "progress": True})
+    assert same_training.run_id == base.run_id
+    for change in (
+        {"lr": 0.05},
+        {"seed": 1},
+        {"epochs": 4},
+        {"model": "resnet34"},
+        {"data_fraction": 0.5},
+    ):
+        assert RunSpec(**{**TINY, **change}).run_id != base.run_id
+
+
+def test_relaunched_sweep_trains_nothing(tmp_path):
+    grid = ("-m", f"out_dir={tmp_path}", "width=2", "batch_size=128,256", "epochs=1")
+    first = launch(*grid)
+    assert first.returncode == 0, first.stderr
+    runs = sorted(p.name for p in (tmp_path / "digits_resnet18").iterdir())
+    assert len(runs) == 4 and all(r.startswith("w2_bs") for r in runs)  # 2 batch sizes x 2 seeds
+    assert all(RunDir(tmp_path / "digits_resnet18" / r).state == "done" for r in runs)
+    second = launch(*grid)
+    assert second.returncode == 0
+    log = second.stdout + second.stderr
+    assert log.count("already done, skipped") == 4 and "epoch 1/1" not in log
+    # Hydra's own output holds logs only, under out_dir/logs
+    assert {p.name for p in tmp_path.iterdir()} == {"digits_resnet18", "logs"}
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    args = ("width=2", "batch_size=16", "epochs=5", "seed=3")
+    reference = launch(f"out_dir={tmp_path}/straight", *args)
+    assert reference.returncode == 0, reference.stderr
+
+    killed = popen_launch(f"out_dir={tmp_path}/killed", *args)
+    zoo = tmp_path / "killed" / "digits_resnet18"
+    deadline = time.time() + 240
+    while not list(zoo.glob("*/checkpoints/state_0002.pt")):
+        assert killed.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (run_path,) = zoo.iterdir()
+    interrupted = RunDir(run_path)
+    assert interrupted.state == "running" and interrupted.resume_epoch in (2, 3)
+
+    resumed = launch(f"out_dir={tmp_path}/killed", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stdout + resumed.stderr
+    straight = RunDir(tmp_path / "straight" / "digits_resnet18" / run_path.name)
+    assert interrupted.state == "done"
+    for epoch in range(6):
+        a, b = straight.load_weights(epoch), interrupted.load_weights(epoch)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"epoch {epoch} differs"
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight.records]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in interrupted.records]
+    assert json.loads((straight.path / "config.json").read_text())["seed"] == 3
