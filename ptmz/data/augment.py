@@ -6,7 +6,6 @@ RandomRotation(degrees) pipeline, done on whole batches so no per-sample Python 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,23 +34,25 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def random_rotation(x: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
-    """Rotate each image about its centre, nearest-neighbour, zero fill (float input)."""
-    n, _, h, w = x.shape
-    angle = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(
-        degrees
-    )
-    cos, sin = angle.cos(), angle.sin()
-    # affine_grid works in [-1, 1] coordinates per axis; rescale so the rotation is rigid in pixels.
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each float image counter-clockwise about its centre (torchvision's convention),
+    nearest-neighbour, zero fill, same size."""
+    _, _, h, w = x.shape
+    angle = degrees.to(torch.float64).deg2rad()
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    # affine_grid maps output to input coordinates in [-1, 1] per axis: rescale so the rotation
+    # is rigid in pixels for non-square images too.
     theta = torch.stack(
-        [
-            torch.stack([cos, -sin * h / w, torch.zeros_like(cos)], 1),
-            torch.stack([sin * w / h, cos, torch.zeros_like(cos)], 1),
-        ],
-        1,
+        [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
     ).to(device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
+    """RandomRotation(degrees): an angle uniform in [-degrees, degrees] per image."""
+    angles = (torch.rand(x.shape[0], generator=generator, dtype=torch.float64) * 2 - 1) * degrees
+    return rotate(x, angles)
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:

@@ -80,6 +80,9 @@ def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], o
         ) from failed
 
 
+Loader = Callable[[Path, bool], tuple[Split, Split]]
+
+
 def _digits(root: Path, download: bool) -> tuple[Split, Split]:
     """scikit-learn's bundled 8x8 digits (1797 images, 0..16) on a fixed 75/25 stratified split.
 
@@ -96,50 +99,24 @@ def _digits(root: Path, download: bool) -> tuple[Split, Split]:
     return _split(x_tr, y_tr), _split(x_te, y_te)
 
 
-def _cifar(cls_name: str) -> Callable[[Path, bool], tuple[Split, Split]]:
+def _torchvision_pair(cls_name: str, channels_last: bool = False) -> Loader:
+    """Train and test Split of a torchvision dataset class (CIFAR, SVHN, MNIST families)."""
+
     def load(root: Path, download: bool) -> tuple[Split, Split]:
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
 
         def split(train: bool) -> Split:
-            ds = _torchvision(
-                cls_name.lower(),
-                root,
-                download,
-                lambda dl: cls(str(root), train=train, download=dl),
+            # SVHN names its splits; the others take train=True/False.
+            which = (
+                {"split": "train" if train else "test"} if cls_name == "SVHN" else {"train": train}
             )
-            return _split(ds.data, ds.targets, channels_last=True)
-
-        return split(True), split(False)
-
-    return load
-
-
-def _svhn(root: Path, download: bool) -> tuple[Split, Split]:
-    from torchvision.datasets import SVHN
-
-    def split(name: str) -> Split:
-        ds = _torchvision("svhn", root, download, lambda dl: SVHN(str(root), name, download=dl))
-        return _split(ds.data, ds.labels)
-
-    return split("train"), split("test")
-
-
-def _mnist_like(cls_name: str) -> Callable[[Path, bool], tuple[Split, Split]]:
-    def load(root: Path, download: bool) -> tuple[Split, Split]:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, cls_name)
-
-        def split(train: bool) -> Split:
             ds = _torchvision(
-                cls_name.lower(),
-                root,
-                download,
-                lambda dl: cls(str(root), train=train, download=dl),
+                cls_name.lower(), root, download, lambda dl: cls(str(root), download=dl, **which)
             )
-            return _split(ds.data, ds.targets)
+            labels = ds.labels if cls_name == "SVHN" else ds.targets
+            return _split(ds.data, labels, channels_last)
 
         return split(True), split(False)
 
@@ -178,13 +155,13 @@ CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
 # name -> (loader, classes, mean, std). The published CIFAR/SVHN zoos share one normalisation.
-DATASETS: dict[str, tuple[Callable[[Path, bool], tuple[Split, Split]], int, tuple, tuple]] = {
+DATASETS: dict[str, tuple[Loader, int, tuple, tuple]] = {
     "digits": (_digits, 10, (0.3053,), (0.3759,)),
-    "cifar10": (_cifar("CIFAR10"), 10, CIFAR_MEAN, CIFAR_STD),
-    "cifar100": (_cifar("CIFAR100"), 100, CIFAR_MEAN, CIFAR_STD),
-    "svhn": (_svhn, 10, CIFAR_MEAN, CIFAR_STD),
-    "mnist": (_mnist_like("MNIST"), 10, (0.1307,), (0.3081,)),
-    "fashionmnist": (_mnist_like("FashionMNIST"), 10, (0.2860,), (0.3530,)),
+    "cifar10": (_torchvision_pair("CIFAR10", channels_last=True), 10, CIFAR_MEAN, CIFAR_STD),
+    "cifar100": (_torchvision_pair("CIFAR100", channels_last=True), 100, CIFAR_MEAN, CIFAR_STD),
+    "svhn": (_torchvision_pair("SVHN"), 10, CIFAR_MEAN, CIFAR_STD),
+    "mnist": (_torchvision_pair("MNIST"), 10, (0.1307,), (0.3081,)),
+    "fashionmnist": (_torchvision_pair("FashionMNIST"), 10, (0.2860,), (0.3530,)),
     "tinyimagenet": (_tinyimagenet, 200, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
 }
 
