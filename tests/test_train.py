@@ -78,6 +78,8 @@ def test_run_id_is_content_keyed():
     assert base.run_id == RunSpec(**TINY).run_id
     assert base.run_id == RunSpec.from_dict({**TINY, "lr": 0.1}).run_id
     assert RunSpec.from_dict({**TINY, "data_fraction": 1}).run_id == base.run_id
+    integral = RunSpec.from_dict({**TINY, "recipe": {"augment": {"rotation": 20}}})
+    assert integral.run_id == base.run_id  # YAML's `rotation: 20` is the default 20.0
     same_training = RunSpec(**{**TINY, "out_dir": "/elsewhere", "device": "cpu", "progress": True})
     assert same_training.run_id == base.run_id
     for change in (
@@ -134,3 +136,18 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight.records]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in interrupted.records]
     assert json.loads((straight.path / "config.json").read_text())["seed"] == 3
+
+
+def test_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), **{**TINY, "batch_size": 16})
+    holder = popen_launch(  # the spec's published recipe: the same run id
+        f"out_dir={tmp_path}", "width=2", "batch_size=16", "epochs=3", "recipe=published"
+    )
+    run = RunDir(spec.run_dir)
+    deadline = time.time() + 120
+    while run.state != "running":
+        assert holder.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    assert train_run(spec) == "running"  # skipped: the other process holds the lock
+    assert holder.wait(timeout=240) == 0
+    assert run.state == "done" and train_run(spec) == "done"

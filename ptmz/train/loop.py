@@ -101,7 +101,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
 
 
 def train_run(spec: RunSpec) -> str:
-    """Train `spec` into its run directory and return its final state (done or diverged).
+    """Train `spec` into its run directory and return its state: done, diverged, or running
+    (when another process holds the run's lock and is training it).
 
     A finished run returns at once; an interrupted one resumes from its latest checkpoint with
     optimizer, schedule and RNG state, ending with the same weights as an uninterrupted run.
@@ -115,17 +116,23 @@ def train_run(spec: RunSpec) -> str:
     device = resolve_device(spec.device)
     data, subset = data_for(spec)
     run.create(spec.to_dict())
-    try:
-        return _train(spec, run, data, subset, device)
-    except BaseException as error:  # KeyboardInterrupt too: the run must not look `running`
-        run.write_status(
-            "failed",
-            epoch=run.resume_epoch,
-            epochs=spec.epochs,
-            error=f"{type(error).__name__}: {error}",
-            host=socket.gethostname(),
-        )
-        raise
+    with run.lock() as mine:
+        if not mine:
+            log.warning("%s: another process is training this run, skipped", run.path)
+            return "running"
+        if run.state in FINISHED:  # finished while we were loading data
+            return run.state
+        try:
+            return _train(spec, run, data, subset, device)
+        except BaseException as error:  # KeyboardInterrupt too: the run must not look `running`
+            run.write_status(
+                "failed",
+                epoch=run.resume_epoch,
+                epochs=spec.epochs,
+                error=f"{type(error).__name__}: {error}",
+                host=socket.gethostname(),
+            )
+            raise
 
 
 def _train(
@@ -189,6 +196,7 @@ def _train(
     )
     for epoch in range(start + 1, spec.epochs + 1):
         began = time.perf_counter()
+        bar.set_description(f"{run.path.name} epoch {epoch}/{spec.epochs}")
         model.train()
         loss_sum = torch.zeros((), device=device)
         for x, y in loader:
@@ -207,7 +215,7 @@ def _train(
             seconds=time.perf_counter() - began,
         )
         records.append(record)
-        bar.set_postfix(epoch=epoch, test_acc=record["test_acc"])
+        bar.set_postfix(test_acc=record["test_acc"])
         if not math.isfinite(batch_loss) or record["train_loss"] is None:
             run.write_records(records)
             run.write_status("diverged", epoch=epoch, **status)

@@ -53,6 +53,8 @@ class RunSpec:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for part in (self, self.recipe, self.recipe.augment):
+            _floats_as_float(part)
         choose("model", self.model, MODELS)
         choose("dataset", self.dataset, DATASETS)
         choose("recipe.optimizer", self.recipe.optimizer, dict.fromkeys(OPTIMIZERS))
@@ -88,9 +90,6 @@ class RunSpec:
         recipe = Recipe(augment=augment, **_known(Recipe, recipe, "recipe."))
         if isinstance(values.get("checkpoints"), list | tuple):
             values["checkpoints"] = tuple(values["checkpoints"])
-        for key in ("lr", "data_fraction"):  # 1 and 1.0 must give the same run id
-            if isinstance(values.get(key), int) and not isinstance(values[key], bool):
-                values[key] = float(values[key])
         return cls(recipe=recipe, **_known(cls, values, ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +121,14 @@ class RunSpec:
         if isinstance(self.checkpoints, int):
             return epoch % self.checkpoints == 0
         return epoch in self.checkpoints
+
+
+def _floats_as_float(obj: Any) -> None:
+    """`lr=1` and `lr=1.0` are the same run: store float fields as floats before hashing."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
 
 
 def _check_int(key: str, value: Any, minimum: int) -> None:

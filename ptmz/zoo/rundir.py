@@ -14,9 +14,11 @@ state file always names a complete resume point.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,23 @@ class RunDir:
     def create(self, config: dict[str, Any]) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_json(self.path / "config.json", config)
+
+    @contextmanager
+    def lock(self) -> Iterator[bool]:
+        """Hold the run's lock while training; yields False if another process holds it.
+
+        The kernel drops the lock when its holder dies, so a killed run never blocks its resume.
+        """
+        with open(self.path / ".lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @property
     def status(self) -> dict[str, Any] | None:
