@@ -48,3 +48,63 @@ def config():
             return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
     return compose_config
+
+
+@pytest.fixture(scope="session")
+def digits_population(tmp_path_factory) -> Path:
+    """A trained digits zoo: grid point (w4, bs32) with seeds 0 and 1, and (w4, bs64) with
+    seed 0 only; 3 epochs of the digits recipe, every epoch checkpointed."""
+    from ptmz.data import Augment
+    from ptmz.train import Recipe, RunSpec, train_run
+
+    out = tmp_path_factory.mktemp("zoo")
+    digits = Recipe(augment=Augment(crop_padding=1, hflip=False, rotation=10))
+    for batch_size, seed in ((32, 0), (32, 1), (64, 0)):
+        spec = RunSpec(
+            width=4,
+            batch_size=batch_size,
+            seed=seed,
+            epochs=3,
+            recipe=digits,
+            out_dir=str(out),
+            progress=False,
+        )
+        assert train_run(spec) == "done"
+    return out / "digits_resnet18"
+
+
+def write_published(population: Path, dest: Path, dataset_hint: bool = True) -> Path:
+    """Rewrite ptmz runs in the published (ray.tune trial) format."""
+    import json
+
+    import torch
+
+    from ptmz.zoo import RunDir
+
+    for i, run_path in enumerate(sorted(p for p in population.iterdir() if p.name != "landscape")):
+        run = RunDir(run_path)
+        c = run.config
+        trial = dest / f"NN_tune_trainable_{i:05d}_{i}_seed={c['seed']}"
+        trial.mkdir(parents=True)
+        params = {
+            "model::type": "Resnet18_width",
+            "model::width": c["width"],
+            "training::batchsize": c["batch_size"],
+            "optim::lr": c["lr"],
+            "seed": c["seed"],
+            "training::epochs_train": c["epochs"],
+        }
+        if dataset_hint:
+            params["dataset::dump"] = "/data/zoo/dataset_digits.pt"
+        (trial / "params.json").write_text(json.dumps(params))
+        lines = [{k: v for k, v in r.items() if k != "epoch"} for r in run.records]
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        for epoch in run.checkpoint_epochs:
+            (trial / f"checkpoint_{epoch:06d}").mkdir()
+            torch.save(run.load_weights(epoch), trial / f"checkpoint_{epoch:06d}" / "checkpoints")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def published_population(digits_population, tmp_path_factory) -> Path:
+    return write_published(digits_population, tmp_path_factory.mktemp("published"))

@@ -3,7 +3,7 @@
 from ptmz.data.augment import Augment, augment_batch
 from ptmz.data.datasets import DATASETS, DatasetNotFound, ImageDataset, Split, load_dataset
 from ptmz.data.loader import DeviceLoader
-from ptmz.data.subset import stratified_subset
+from ptmz.data.subset import fixed_subset, stratified_subset
 
 __all__ = [
     "DATASETS",
@@ -13,6 +13,7 @@ __all__ = [
     "ImageDataset",
     "Split",
     "augment_batch",
+    "fixed_subset",
     "load_dataset",
     "stratified_subset",
 ]

@@ -20,3 +20,11 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch
         keep = max(1, round(fraction * len(members)))
         chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
     return torch.cat(chosen).sort().values
+
+
+def fixed_subset(n: int, samples: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of `samples` of n items (all when None or larger), the same for every run:
+    the fixed evaluation data of the landscape metrics."""
+    if samples is None or samples >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples].sort().values

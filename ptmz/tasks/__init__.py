@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from typing import Any
 
 from omegaconf import DictConfig
 
 from ptmz.errors import choose
-from ptmz.tasks.train import train
 
-TASKS: dict[str, Callable[[DictConfig], Any]] = {"train": train}
+# task name -> "module:function", imported on use so a training job loads no metric code
+TASKS = {
+    "train": "ptmz.tasks.train:train",
+    "hessian": "ptmz.tasks.hessian:hessian",
+    "cka": "ptmz.tasks.pairs:cka",
+    "curve": "ptmz.tasks.pairs:curve",
+    "interpolate": "ptmz.tasks.pairs:interpolate",
+}
 
 
 def run_task(cfg: DictConfig) -> Any:
-    return choose("task", cfg.task.name, TASKS)(cfg)
+    module, function = choose("task", cfg.task.name, TASKS).split(":")
+    return getattr(importlib.import_module(module), function)(cfg)

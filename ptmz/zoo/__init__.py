@@ -1,5 +1,6 @@
-"""Run directories and, later, populations of them."""
+"""Run directories, and populations of runs (ptmz's own format and the published one)."""
 
+from ptmz.zoo.population import Population, Run
 from ptmz.zoo.rundir import FINISHED, STATES, RunDir
 
-__all__ = ["FINISHED", "STATES", "RunDir"]
+__all__ = ["FINISHED", "STATES", "Population", "Run", "RunDir"]

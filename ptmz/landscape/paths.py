@@ -1,0 +1,170 @@
+"""Paths between two trained networks: the straight line and a trained quadratic Bezier curve.
+
+Both evaluate the network at points t in [0, 1] of the path: at every t the BatchNorm
+statistics are recomputed on unaugmented training data (a point between two networks has no
+valid statistics of its own), then train and test loss and error are measured in eval mode.
+
+Definitions (E(t) = loss or error at t, m = (E(0) + E(1)) / 2):
+- `barrier` (straight line): max_t E(t) - m. Positive = the line climbs over a barrier.
+- `mc` (curve; Yang et al. 2021 and the published zoo): t* maximises |E(t) - m| over the
+  evaluated t, endpoints included, and mc = m - E(t*). Negative mc = a barrier remains on the
+  curve; positive = the curve is better than its ends; ~0 = connected.
+- `mc_interior`: the same with t* restricted to interior points, so a flat path gives exactly
+  0 rather than the endpoint half-difference.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ptmz.data import DeviceLoader
+from ptmz.train.loop import evaluate
+from ptmz.weights import State, bezier, lerp, recalibrate_bn
+
+
+def mode_connectivity(values: Sequence[float], interior: bool = False) -> float:
+    """mc = m - E(t*), t* = argmax |E(t) - m| (see the module docstring for the sign)."""
+    mean_ends = (values[0] + values[-1]) / 2
+    candidates = values[1:-1] if interior else values
+    extreme = max(candidates, key=lambda e: abs(e - mean_ends))
+    return mean_ends - extreme
+
+
+def barrier(values: Sequence[float]) -> float:
+    """max_t E(t) - (E(0) + E(1)) / 2."""
+    return max(values) - (values[0] + values[-1]) / 2
+
+
+@dataclass(frozen=True)
+class PathData:
+    """The data a path is measured on: BN recalibration batches and the two evaluation splits
+    (all unaugmented, fixed order)."""
+
+    bn: DeviceLoader
+    train: DeviceLoader
+    test: DeviceLoader
+
+
+def evaluate_path(
+    model: nn.Module, point: Callable[[float], State], ts: Sequence[float], data: PathData
+) -> dict[str, list[float]]:
+    """Loss and error (1 - accuracy) on train and test data at every t of a path."""
+    out: dict[str, list[float]] = {
+        "t": list(ts),
+        "train_loss": [],
+        "train_error": [],
+        "test_loss": [],
+        "test_error": [],
+    }
+    probe = copy.deepcopy(model)
+    for t in ts:
+        probe.load_state_dict(point(t))
+        recalibrate_bn(probe, data.bn)
+        for split, loader in (("train", data.train), ("test", data.test)):
+            loss, acc = evaluate(probe, loader)
+            out[f"{split}_loss"].append(loss)
+            out[f"{split}_error"].append(1 - acc)
+    return out
+
+
+def _summaries(path: dict[str, list[float]], metric: Callable, name: str) -> dict[str, float]:
+    keys = ("train_loss", "train_error", "test_loss", "test_error")
+    return {f"{name}_{k}": metric(path[k]) for k in keys}
+
+
+def interpolation_metrics(
+    model: nn.Module, a: State, b: State, data: PathData, points: int = 11
+) -> dict:
+    """Loss/error along the straight line from a to b and its barrier."""
+    ts = torch.linspace(0, 1, points).tolist()
+    path = evaluate_path(model, lambda t: lerp(a, b, t), ts, data)
+    return {**_summaries(path, barrier, "barrier"), "path": path}
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """The published curve-fitting settings (Garipov et al.'s recipe, as the zoo code uses it)."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    l2: float = 5e-4  # on the curve's weights at the sampled t, as 0.5 * l2 * ||theta(t)||^2
+    points: int = 5  # evaluated t, endpoints included
+    seed: int = 0
+
+
+def curve_lr_factor(progress: float) -> float:
+    """Held for the first half, then linear decay to 1% at 90% of training, then 1%.
+    A function of progress alone (the published code multiplied it into the lr every epoch)."""
+    if progress <= 0.5:
+        return 1.0
+    if progress <= 0.9:
+        return 1.0 - (progress - 0.5) / 0.4 * 0.99
+    return 0.01
+
+
+def fit_bezier(
+    model: nn.Module,
+    a: State,
+    b: State,
+    loader: DeviceLoader,
+    settings: CurveSettings = CurveSettings(),
+    progress: bool = False,
+) -> State:
+    """Train the middle bend of a quadratic Bezier curve from a to b (ends fixed) and return it.
+
+    The bend starts at the midpoint of the line. Each step samples t ~ U(0, 1) and minimises the
+    cross-entropy of the network at theta(t) plus 0.5 * l2 * ||theta(t)||^2, through
+    `torch.func.functional_call`, so any nn.Module works without a curve-specific class.
+    """
+    net = copy.deepcopy(model).train()
+    names = [n for n, _ in net.named_parameters()]
+    device = next(net.parameters()).device
+    ends = [{n: s[n].to(device) for n in names} for s in (a, b)]
+    bend = {n: ((ends[0][n] + ends[1][n]) / 2).requires_grad_() for n in names}
+    optimizer = torch.optim.SGD(bend.values(), lr=settings.lr, momentum=settings.momentum)
+    generator = torch.Generator().manual_seed(settings.seed)
+    bar = tqdm(total=settings.epochs * len(loader), disable=not progress, desc="curve", leave=False)
+    for epoch in range(settings.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * curve_lr_factor(epoch / settings.epochs)
+        for x, y in loader:
+            t = torch.rand((), generator=generator).item()
+            theta = bezier(ends[0], bend, ends[1], t)
+            loss = F.cross_entropy(functional_call(net, theta, (x,)), y)
+            loss = loss + 0.5 * settings.l2 * sum(p.pow(2).sum() for p in theta.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+    bar.close()
+    return {n: p.detach() for n, p in bend.items()}
+
+
+def curve_metrics(
+    model: nn.Module,
+    a: State,
+    b: State,
+    train_loader: DeviceLoader,
+    data: PathData,
+    settings: CurveSettings = CurveSettings(),
+    progress: bool = False,
+) -> dict:
+    """Fit a Bezier curve from a to b and measure it: mc, mc_interior and the E(t) arrays."""
+    bend = fit_bezier(model, a, b, train_loader, settings, progress)
+    full_bend = {**a, **{n: v.to(a[n].device) for n, v in bend.items()}}
+    ts = torch.linspace(0, 1, settings.points).tolist()
+    path = evaluate_path(model, lambda t: bezier(a, full_bend, b, t), ts, data)
+    return {
+        **_summaries(path, mode_connectivity, "mc"),
+        **_summaries(path, lambda v: mode_connectivity(v, interior=True), "mc_interior"),
+        "path": path,
+    }

@@ -1,0 +1,124 @@
+"""The grid-point tasks: cka, curve and interpolate compare the seeds of one grid point (one
+file per grid point and epoch). A grid point with one seed is recorded as not applicable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ptmz.data import Augment
+from ptmz.landscape.cka import mean_pairwise_cka
+from ptmz.landscape.paths import CurveSettings, PathData, curve_metrics, interpolation_metrics
+from ptmz.tasks.population import Workspace, common_epoch, mean_over, run_units, seed_pairs, shard
+from ptmz.zoo.population import Run
+from ptmz.zoo.results import grid_point_result
+
+Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
+
+
+def _grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
+    ws = Workspace(cfg)
+    points = shard(list(ws.population.grid_points().items()), cfg)
+
+    def target(point: tuple[str, list[Run]]):
+        name, runs = point
+        return grid_point_result(ws.population, name, cfg.task.name, common_epoch(runs, cfg.epoch))
+
+    def compute(point: tuple[str, list[Run]]) -> dict[str, Any]:
+        name, runs = point
+        epoch = common_epoch(runs, cfg.epoch)
+        head = {
+            "grid_point": name,
+            "epoch": epoch,
+            "runs": [r.name for r in runs],
+            "settings": OmegaConf.to_container(cfg.task),
+        }
+        if len(runs) < 2:
+            return {**head, "applicable": False, "reason": "the grid point has a single seed"}
+        return {**head, "applicable": True, **compare(ws, runs, epoch)}
+
+    return run_units(points, target, compute, cfg.overwrite)
+
+
+def _augment(run: Run) -> Augment:
+    """The run's own training augmentation; published runs used the published one."""
+    recipe = run.config.get("recipe")
+    return Augment(**recipe["augment"]) if recipe else Augment()
+
+
+def _path_data(ws: Workspace, run: Run, t: DictConfig) -> PathData:
+    train = ws.train_split(run)
+    return PathData(
+        bn=ws.loader(train, t.batch_size, t.bn_samples),
+        train=ws.loader(train, t.batch_size, t.eval_samples),
+        test=ws.loader(ws.data.test, t.batch_size, t.eval_samples),
+    )
+
+
+def _each_pair(
+    ws: Workspace,
+    runs: list[Run],
+    epoch: int,
+    t: DictConfig,
+    measure: Callable[[Run, Run, PathData], dict],
+) -> dict[str, Any]:
+    results = {}
+    for a, b in seed_pairs(runs, t.pairs):
+        results[f"{a.name}|{b.name}"] = measure(a, b, _path_data(ws, a, t))
+    return {"pairs": results, "mean": mean_over(list(results.values()))}
+
+
+def cka(cfg: DictConfig) -> dict[str, int]:
+    t = cfg.task
+
+    def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
+        models = [r.load_model(epoch).to(ws.device) for r in runs]
+        batches = [x for x, _ in ws.loader(ws.data.test, t.batch_size, t.samples)]
+        return mean_pairwise_cka(
+            models, batches, layers=list(t.layers) or None, unbiased=t.unbiased
+        )
+
+    return _grid_point_task(cfg, compare)
+
+
+def interpolate(cfg: DictConfig) -> dict[str, int]:
+    t = cfg.task
+
+    def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
+        def measure(a: Run, b: Run, data: PathData) -> dict:
+            model = a.load_model(epoch).to(ws.device)
+            return interpolation_metrics(
+                model, a.state_dict(epoch), b.state_dict(epoch), data, points=t.points
+            )
+
+        return _each_pair(ws, runs, epoch, t, measure)
+
+    return _grid_point_task(cfg, compare)
+
+
+def curve(cfg: DictConfig) -> dict[str, int]:
+    t = cfg.task
+    settings = CurveSettings(
+        epochs=t.epochs, lr=t.lr, momentum=t.momentum, l2=t.l2, points=t.points, seed=t.seed
+    )
+
+    def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
+        def measure(a: Run, b: Run, data: PathData) -> dict:
+            model = a.load_model(epoch).to(ws.device)
+            augment = _augment(a)
+            train = ws.loader(ws.train_split(a), t.batch_size, augment=augment, seed=t.seed)
+            return curve_metrics(
+                model,
+                a.state_dict(epoch),
+                b.state_dict(epoch),
+                train,
+                data,
+                settings,
+                progress=cfg.progress,
+            )
+
+        return _each_pair(ws, runs, epoch, t, measure)
+
+    return _grid_point_task(cfg, compare)

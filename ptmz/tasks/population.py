@@ -1,0 +1,147 @@
+"""What every population task shares: opening the population and its data, picking this job's
+shard of the work, resolving epochs, and skipping results that already exist."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ptmz.data import (
+    DeviceLoader,
+    ImageDataset,
+    Split,
+    fixed_subset,
+    load_dataset,
+    stratified_subset,
+)
+from ptmz.errors import ConfigError
+from ptmz.io import write_json
+from ptmz.train.loop import resolve_device
+from ptmz.zoo.population import Population, Run
+
+log = logging.getLogger(__name__)
+Unit = TypeVar("Unit")
+
+
+def named_dataset(cfg: DictConfig) -> str | None:
+    """The dataset the user named on the command line (only needed for published populations,
+    whose params may not say it); None when the config group kept its default."""
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        if override.startswith("dataset="):
+            return override.split("=", 1)[1]
+    return None
+
+
+@dataclass
+class Workspace:
+    """A population with the data and device its metrics are computed on."""
+
+    cfg: DictConfig
+
+    @cached_property
+    def population(self) -> Population:
+        if not self.cfg.population:
+            raise ConfigError(
+                "population",
+                self.cfg.population,
+                "the path of a zoo directory, e.g. population=zoos/digits_resnet18",
+            )
+        return Population(self.cfg.population, dataset=named_dataset(self.cfg))
+
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def data(self) -> ImageDataset:
+        return load_dataset(self.population.dataset, self.cfg.data_root, self.cfg.dataset.download)
+
+    def train_split(self, run: Run) -> Split:
+        """The training data `run` was trained on (its stratified subset)."""
+        fraction, seed = run.config.get("data_fraction") or 1.0, run.config.get("seed") or 0
+        return self.data.train.subset(stratified_subset(self.data.train.labels, fraction, seed))
+
+    def loader(
+        self,
+        split: Split,
+        batch_size: int,
+        samples: int | None = None,
+        augment: Any = None,
+        seed: int = 0,
+    ) -> DeviceLoader:
+        """Unaugmented batches of a fixed subset of `split` (or all of it), in fixed order;
+        with `augment`, shuffled and augmented by a generator seeded with `seed`."""
+        subset = split.subset(fixed_subset(len(split), samples))
+        generator = torch.Generator().manual_seed(seed) if augment is not None else None
+        return DeviceLoader(
+            subset, batch_size, self.data.mean, self.data.std, self.device, augment, generator
+        )
+
+
+def shard(units: Sequence[Unit], cfg: DictConfig) -> list[Unit]:
+    """This job's share of `units`: every num_shards-th unit starting at `shard`."""
+    if not isinstance(cfg.num_shards, int) or cfg.num_shards < 1:
+        raise ConfigError("num_shards", cfg.num_shards, "an integer >= 1")
+    if not isinstance(cfg.shard, int) or not 0 <= cfg.shard < cfg.num_shards:
+        raise ConfigError("shard", cfg.shard, f"an integer in 0..{cfg.num_shards - 1}")
+    return list(units[cfg.shard :: cfg.num_shards])
+
+
+def common_epoch(runs: Sequence[Run], epoch: int | None) -> int:
+    """`epoch` checked on every run, or the latest epoch checkpointed by all of them."""
+    if epoch is not None:
+        return [run.resolve_epoch(epoch) for run in runs][0]
+    shared = set.intersection(*(set(run.checkpoint_epochs) for run in runs))
+    if not shared:
+        raise ConfigError("epoch", epoch, f"runs {[r.name for r in runs]} share no checkpoint")
+    return max(shared)
+
+
+def seed_pairs(runs: Sequence[Run], which: str) -> list[tuple[Run, Run]]:
+    pairs = list(itertools.combinations(runs, 2))
+    if which not in ("first", "all"):
+        raise ConfigError("task.pairs", which, "first (seeds 0 and 1 only) or all")
+    return pairs[:1] if which == "first" else pairs
+
+
+def mean_over(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The mean of every scalar entry over seed pairs."""
+    keys = [k for k, v in results[0].items() if isinstance(v, int | float)]
+    return {k: float(np.mean([r[k] for r in results])) for k in keys}
+
+
+def run_units(
+    units: Sequence[Unit],
+    target: Callable[[Unit], Path],
+    compute: Callable[[Unit], dict[str, Any]],
+    overwrite: bool,
+) -> dict[str, int]:
+    """Compute and store the result of every unit whose file is missing (or all, overwrite)."""
+    counts = {"computed": 0, "skipped": 0}
+    for unit in units:
+        path = target(unit)
+        if path.exists() and not overwrite:
+            counts["skipped"] += 1
+            continue
+        began = time.perf_counter()
+        result = compute(unit)
+        result["seconds"] = time.perf_counter() - began
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
+        counts["computed"] += 1
+        log.info("wrote %s (%.1f s)", path, result["seconds"])
+    log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
+    return counts

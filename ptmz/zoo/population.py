@@ -1,0 +1,224 @@
+"""Population: the runs under a directory, in ptmz's own format or the published one.
+
+ptmz runs are run directories (see `ptmz.zoo.rundir`). Published runs are ray.tune trial
+directories: `params.json` (flat keys such as `model::type`, `model::width`,
+`training::batchsize`, `optim::lr`, `seed`), `result.json` (JSON lines, line k = after k
+epochs) and `checkpoint_{k:06d}/checkpoints` (a torch-saved state_dict). Their pickled
+`dataset::dump` is never opened: the data comes from ptmz's dataset registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptmz.data.datasets import DATASETS
+from ptmz.errors import ConfigError, PtmzError
+from ptmz.models import build_model
+from ptmz.models.resnet import DEPTHS
+from ptmz.zoo.rundir import RunDir
+
+GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "seed")
+# config keys that say where or how a run executed, not which experiment it is
+NOT_GRID = {
+    "seed",
+    "zoo",
+    "out_dir",
+    "data_root",
+    "download",
+    "device",
+    "checkpoints",
+    "progress",
+    "params",
+}
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained network: its directory, config, records and checkpoints."""
+
+    path: Path
+    config: dict[str, Any]  # at least: dataset, model, and the GRID_KEYS
+    format: str  # "ptmz" | "published"
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        return {k: self.config.get(k) for k in GRID_KEYS}
+
+    @property
+    def grid_point(self) -> str:
+        """Readable id shared by the seeds of one grid point (everything but the seed)."""
+        rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
+        digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
+        g = self.grid
+        return f"w{g['width']}_bs{g['batch_size']}-{digest.hexdigest()[:8]}"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def records(self) -> list[dict[str, Any]]:
+        if self.format == "ptmz":
+            return RunDir(self.path).records
+        path = self.path / "result.json"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [{"epoch": k, **json.loads(line)} for k, line in enumerate(lines) if line]
+
+    @property
+    def checkpoint_epochs(self) -> list[int]:
+        if self.format == "ptmz":
+            return RunDir(self.path).checkpoint_epochs
+        return sorted(
+            int(m[1])
+            for p in self.path.iterdir()
+            if (m := _CHECKPOINT_DIR.match(p.name)) and (p / "checkpoints").is_file()
+        )
+
+    def resolve_epoch(self, epoch: int | None) -> int:
+        """`epoch`, or the last checkpoint when None; an epoch without weights is named."""
+        available = self.checkpoint_epochs
+        if not available:
+            raise PtmzError(f"{self.path}: no checkpoints")
+        if epoch is None:
+            return available[-1]
+        if epoch not in available:
+            raise ConfigError("epoch", epoch, f"a checkpointed epoch of {self.path}: {available}")
+        return epoch
+
+    def state_dict(self, epoch: int | None = None) -> dict[str, torch.Tensor]:
+        epoch = self.resolve_epoch(epoch)
+        if self.format == "ptmz":
+            return RunDir(self.path).load_weights(epoch)
+        path = self.path / f"checkpoint_{epoch:06d}" / "checkpoints"
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load_model(self, epoch: int | None = None) -> nn.Module:
+        """The ptmz model with the weights after `epoch` (default: the last checkpoint)."""
+        state = self.state_dict(epoch)
+        if self.format == "ptmz":
+            c = self.config
+            channels = len(DATASETS[c["dataset"]][2])
+            model = build_model(c["model"], c["width"], channels, DATASETS[c["dataset"]][1])
+        else:
+            model = build_model(**_published_architecture(state))
+        model.load_state_dict(state, strict=True)
+        return model
+
+
+def _ptmz_run(path: Path) -> Run:
+    return Run(path, RunDir(path).config, "ptmz")
+
+
+def _published_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Model name, width, input channels and classes read off a ResNet-w state_dict."""
+    bottleneck = "layer1.0.conv3.weight" in state
+    layers = [
+        len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)
+    ]
+    names = [
+        n
+        for n, (block, ls) in DEPTHS.items()
+        if ls == layers and (block.expansion == 4) == bottleneck
+    ]
+    if not names:
+        raise PtmzError(f"unrecognised ResNet layout: blocks {layers}, bottleneck={bottleneck}")
+    width, in_channels = state["conv1.weight"].shape[:2]
+    return dict(
+        name=names[0],
+        width=int(width),
+        in_channels=int(in_channels),
+        num_classes=int(state["fc.bias"].shape[0]),
+    )
+
+
+def _infer_dataset(params: dict[str, Any]) -> str | None:
+    text = " ".join(str(params.get(k, "")) for k in ("dataset::dump", "dataset::name")).lower()
+    for name in sorted(DATASETS, key=len, reverse=True):  # cifar100 before cifar10
+        if name in text.replace("-", "").replace("_", ""):
+            return name
+    return None
+
+
+def _published_run(path: Path, dataset: str | None) -> Run:
+    params = json.loads((path / "params.json").read_text())
+    dataset = dataset or _infer_dataset(params)
+    if dataset is None:
+        raise ConfigError(
+            "dataset",
+            None,
+            f"name the dataset of the published runs in "
+            f"{path.parent} (one of {', '.join(sorted(DATASETS))})",
+        )
+    config = dict(
+        dataset=dataset,
+        model=str(params.get("model::type", "resnet")),
+        width=params.get("model::width"),
+        batch_size=params.get("training::batchsize"),
+        lr=params.get("optim::lr"),
+        data_fraction=params.get("training::data_fraction", 1.0),
+        seed=params.get("seed"),
+        params=params,
+    )
+    return Run(path, config, "published")
+
+
+@dataclass
+class Population:
+    """All runs under `path` (any depth), grouped into grid points that differ only by seed.
+
+    `dataset` names the dataset of published runs whose params do not say it; ptmz runs
+    always carry theirs.
+    """
+
+    path: Path
+    dataset: str | None = None
+    runs: list[Run] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path).expanduser().resolve()
+        if not self.path.is_dir():
+            raise ConfigError("population", str(self.path), "an existing directory of runs")
+        runs = [
+            _ptmz_run(p.parent)
+            for p in sorted(self.path.rglob("config.json"))
+            if RunDir(p.parent).checkpoint_epochs
+        ]
+        runs += [
+            _published_run(p.parent, self.dataset) for p in sorted(self.path.rglob("params.json"))
+        ]
+        if not runs:
+            raise ConfigError(
+                "population",
+                str(self.path),
+                "a directory holding run "
+                "directories with checkpoints (ptmz or the published format)",
+            )
+        datasets = {r.config["dataset"] for r in runs}
+        if len(datasets) > 1:
+            raise PtmzError(f"{self.path} mixes datasets {sorted(datasets)}: open one zoo")
+        self.dataset = datasets.pop()
+        self.runs = sorted(runs, key=lambda r: (r.grid_point, r.config["seed"] or 0, r.name))
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def grid_points(self) -> dict[str, list[Run]]:
+        """Grid point id -> its runs, ordered by seed."""
+        groups: dict[str, list[Run]] = defaultdict(list)
+        for run in self.runs:
+            groups[run.grid_point].append(run)
+        return dict(groups)

@@ -1,0 +1,228 @@
+"""Hessian metrics against a dense oracle: the full Hessian of the same mean loss from
+torch.autograd.functional.hessian, eigendecomposed in float64."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ptmz.errors import ConfigError
+from ptmz.landscape.hessian import (
+    exact_trace,
+    hessian_metrics,
+    hvp_fn,
+    top_eigenvalues,
+    trainable_parameters,
+)
+
+SIZES = (4, 9, 6)  # unequal batch sizes: each sample must weigh the same
+
+
+def mlp() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    return model, batches((5,), SIZES)
+
+
+def conv_bn() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Conv -> BatchNorm -> tanh -> pool -> linear, 135 parameters, with running statistics and
+    affine parameters far from their defaults so that eval-mode BatchNorm matters."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    ).double()
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.5, 0.5)
+    return model, batches((2, 4, 4), SIZES)
+
+
+def batches(
+    shape: tuple[int, ...], sizes: tuple[int, ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [
+        (
+            torch.randn(s, *shape, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (s,), generator=g),
+        )
+        for s in sizes
+    ]
+
+
+def dense_hessian(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The oracle: Hessian of the summed cross-entropy / N, as a function of a flat vector."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    params = trainable_parameters(model)
+    shapes = [p.shape for p in params]
+    buffers = dict(model.named_buffers())
+    total = sum(len(y) for _, y in data)
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        pieces = flat.split([math.prod(s) for s in shapes])
+        values = {n: x.view(s) for n, x, s in zip(names, pieces, shapes, strict=True)}
+        return (
+            sum(
+                F.cross_entropy(functional_call(model, (values, buffers), (x,)), y, reduction="sum")
+                for x, y in data
+            )
+            / total
+        )
+
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
+    was_training = model.training
+    model.eval()
+    hessian = torch.autograd.functional.hessian(loss, flat)
+    model.train(was_training)
+    return hessian
+
+
+@pytest.fixture(params=[mlp, conv_bn], ids=["mlp", "conv_bn"])
+def problem(request):
+    model, data = request.param()
+    return model, data, dense_hessian(model, data)
+
+
+def test_oracle_is_symmetric_and_indefinite(problem):
+    """Guard the oracle itself: a symmetric Hessian with both signs, so the sign convention of
+    'top' (most positive, not largest magnitude) is exercised."""
+    _, _, h = problem
+    spectrum = torch.linalg.eigvalsh(h)
+    assert torch.allclose(h, h.T, atol=1e-12)
+    assert spectrum[0] < 0 < spectrum[-1]
+
+
+@pytest.mark.parametrize("cache_graph", [True, False], ids=["cached", "per_batch"])
+def test_hvp_matches_dense(problem, cache_graph):
+    model, data, h = problem
+    v = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    hv = hvp_fn(model, data, cache_graph=cache_graph)(v)
+    assert torch.allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
+
+
+def test_top_eigenvalues_match_dense(problem):
+    model, data, h = problem
+    expected = torch.linalg.eigvalsh(h).flip(0)[:3]
+    result = hessian_metrics(model, data, top_k=3, tol=1e-6, trace_probes=2)
+    assert result.eigenvalues == pytest.approx(expected.tolist(), rel=1e-3)
+    assert 3 <= result.eigen_iterations <= h.shape[0]
+
+
+def test_top_eigenvalue_at_default_tolerance(problem):
+    model, data, h = problem
+    result = hessian_metrics(model, data, trace_probes=2)
+    assert result.eigenvalues == pytest.approx([torch.linalg.eigvalsh(h)[-1].item()], rel=1e-3)
+
+
+def test_hutchinson_trace_within_three_standard_errors(problem):
+    model, data, h = problem
+    result = hessian_metrics(model, data, trace_probes=200)
+    assert result.trace_probes == 200
+    assert result.trace_stderr > 0
+    assert abs(result.trace - torch.trace(h).item()) <= 3 * result.trace_stderr
+
+
+def test_trace_exact_with_every_basis_vector(problem):
+    model, data, h = problem
+    estimate = exact_trace(hvp_fn(model, data), h.shape[0])
+    assert estimate.probes == h.shape[0]
+    assert estimate.mean == pytest.approx(torch.trace(h).item(), rel=1e-6)
+
+
+def test_density_is_a_probability_measure_on_the_spectrum(problem):
+    model, data, h = problem
+    spectrum = torch.linalg.eigvalsh(h)
+    slack = 1e-6 * spectrum.abs().max().item()
+    result = hessian_metrics(
+        model, data, trace_probes=2, density=True, density_iter=h.shape[0], density_runs=3
+    )
+    nodes, weights = result.density
+    assert len(nodes) == len(weights) > 3
+    assert sum(weights) == pytest.approx(1.0, abs=1e-9)
+    assert min(weights) >= 0
+    assert spectrum[0].item() - slack <= min(nodes)
+    assert max(nodes) <= spectrum[-1].item() + slack
+    # A full-length Lanczos run reaches the extreme eigenvalues themselves.
+    assert max(nodes) == pytest.approx(spectrum[-1].item(), rel=1e-6)
+
+
+def test_deterministic_given_seed():
+    model, data = conv_bn()
+    settings = {"trace_probes": 20, "density": True, "density_iter": 10}
+    first = hessian_metrics(model, data, seed=5, **settings)
+    assert hessian_metrics(model, data, seed=5, **settings) == first
+    assert hessian_metrics(model, data, seed=6, **settings).trace != first.trace
+
+
+def test_model_left_as_it_was():
+    """Training flags restored (each submodule's own), parameters and BN statistics untouched:
+    had the model run in train mode, BatchNorm would have updated its running statistics."""
+    model, data = conv_bn()
+    model.train()
+    model[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hessian_metrics(model, data, trace_probes=2)
+    assert [m.training for m in model.modules()] == [True, True, True, False, True, True, True]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_train_mode_model_gets_eval_mode_hessian():
+    model, data = conv_bn()
+    h = dense_hessian(model, data)  # eval mode
+    model.train()
+    result = hessian_metrics(model, data, tol=1e-6, trace_probes=2)
+    assert result.eigenvalues[0] == pytest.approx(torch.linalg.eigvalsh(h)[-1].item(), rel=1e-3)
+
+
+def test_top_means_most_positive_not_largest_magnitude():
+    """On diag(-10, 3, 2, 1, 0.5) power iteration would find -10; we report 3 then 2."""
+    spectrum = torch.tensor([-10.0, 3.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    a = q @ torch.diag(spectrum) @ q.T
+    pairs = top_eigenvalues(lambda v: a @ v, 5, 2, 50, 1e-8, torch.Generator().manual_seed(0))
+    assert pairs.values == pytest.approx([3.0, 2.0], rel=1e-8)
+    for value, vector in zip(pairs.values, pairs.vectors, strict=True):
+        assert torch.allclose(a @ vector, value * vector, atol=1e-6)
+
+
+def test_result_is_json_friendly():
+    model, data = mlp()
+    result = hessian_metrics(model, data, trace_probes=5, density=True, density_iter=5)
+    out = json.loads(json.dumps(result.to_dict()))
+    assert out["trace_probes"] == 5
+    assert len(out["density"]["nodes"]) == len(out["density"]["weights"]) == 5
+    assert out["eigenvalues"] == result.eigenvalues
+
+
+@pytest.mark.parametrize(
+    ("key", "kwargs"),
+    [
+        ("batches", {"batches": []}),
+        ("top_k", {"top_k": 0}),
+        ("trace_probes", {"trace_probes": 1}),
+        ("max_iter", {"top_k": 4, "max_iter": 3}),
+        ("density_iter", {"density": True, "density_iter": 0}),
+        ("density_runs", {"density": True, "density_runs": 0}),
+    ],
+)
+def test_bad_inputs_name_the_key(key, kwargs):
+    model, data = mlp()
+    kwargs = {"batches": data} | kwargs
+    with pytest.raises(ConfigError) as error:
+        hessian_metrics(model, **kwargs)
+    assert error.value.key == key

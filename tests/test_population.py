@@ -1,0 +1,61 @@
+"""Populations of ptmz runs and of the published format: the same networks either way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptmz.errors import ConfigError
+from ptmz.zoo.population import Population
+
+from conftest import write_published
+
+
+def test_ptmz_population_groups_seeds_into_grid_points(digits_population):
+    population = Population(digits_population)
+    assert len(population) == 3 and population.dataset == "digits"
+    points = population.grid_points()
+    sizes = sorted(len(runs) for runs in points.values())
+    assert sizes == [1, 2]
+    pair = next(runs for runs in points.values() if len(runs) == 2)
+    assert [r.grid["seed"] for r in pair] == [0, 1]
+    assert {r.grid["batch_size"] for r in pair} == {32}
+    run = pair[0]
+    assert run.path.parent == digits_population
+    assert run.checkpoint_epochs == [0, 1, 2, 3]
+    assert [r["epoch"] for r in run.records] == [0, 1, 2, 3]
+    assert run.grid == {"width": 4, "batch_size": 32, "lr": 0.1, "data_fraction": 1.0, "seed": 0}
+
+
+def test_published_population_loads_the_same_networks(digits_population, published_population):
+    ours, theirs = Population(digits_population), Population(published_population)
+    assert theirs.dataset == "digits"  # from the dataset::dump file name, never unpickled
+    assert len(theirs) == 3 and sorted(map(len, theirs.grid_points().values())) == [1, 2]
+    x = torch.randn(5, 1, 8, 8)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.grid["width"], a.grid["batch_size"], a.grid["seed"]) == (
+            b.grid["width"],
+            b.grid["batch_size"],
+            b.grid["seed"],
+        )
+        assert b.checkpoint_epochs == [0, 1, 2, 3]
+        assert [r["test_acc"] for r in b.records] == [r["test_acc"] for r in a.records]
+        ma, mb = a.load_model(1).eval(), b.load_model(1).eval()
+        assert torch.equal(ma(x), mb(x))
+
+
+def test_published_population_without_dataset_hint_needs_the_user(digits_population, tmp_path):
+    path = write_published(digits_population, tmp_path / "bare", dataset_hint=False)
+    with pytest.raises(ConfigError, match=r"dataset=None.*name the dataset.*cifar10"):
+        Population(path)
+    assert Population(path, dataset="digits").dataset == "digits"
+
+
+def test_bad_population_and_epoch_are_named(digits_population, tmp_path):
+    with pytest.raises(ConfigError, match=r"population=.*a directory holding run directories"):
+        Population(tmp_path)
+    with pytest.raises(ConfigError, match=r"population=.*an existing directory"):
+        Population(tmp_path / "missing")
+    run = Population(digits_population).runs[0]
+    with pytest.raises(ConfigError, match=r"epoch=7 .*checkpointed epoch.*\[0, 1, 2, 3\]"):
+        run.load_model(7)

@@ -1,0 +1,95 @@
+"""The population tasks end to end: results beside the runs, idempotent, shardable, and the
+same on the published format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ptmz.tasks import run_task
+from ptmz.zoo.population import Population
+
+from conftest import launch, write_published
+
+FAST = {
+    "hessian": [
+        "task.samples=128",
+        "task.batch_size=64",
+        "task.max_iter=20",
+        "task.trace_probes=8",
+    ],
+    "cka": ["task.samples=256", "task.batch_size=128"],
+    "curve": ["task.epochs=1", "task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
+    "interpolate": ["task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
+}
+
+
+@pytest.fixture(params=["ptmz", "published"])
+def population(request, digits_population, published_population, tmp_path):
+    """A private copy of the digits population, in each of the two formats."""
+    source = digits_population if request.param == "ptmz" else published_population
+    return shutil.copytree(source, tmp_path / "zoo")
+
+
+def results(path, name):
+    return sorted(path.rglob(f"landscape/**/{name}_epoch_*.json"))
+
+
+@pytest.mark.parametrize("task", ["hessian", "cka", "curve", "interpolate"])
+def test_task_stores_results_beside_the_runs_once(config, population, task):
+    args = [f"task={task}", f"population={population}", "progress=false", *FAST[task]]
+    assert run_task(config(*args)) == {"computed": 3 if task == "hessian" else 2, "skipped": 0}
+    files = results(population, task)
+    if task == "hessian":
+        assert {f.parent.parent.name for f in files} == {r.name for r in Population(population)}
+        assert all(f.parent.parent.parent == population for f in files)
+        result = json.loads(files[0].read_text())
+        for split in ("train", "test"):
+            assert result[split]["eigenvalues"][0] > 0 and result[split]["trace_probes"] == 8
+        assert result["epoch"] == 3
+    else:
+        assert all(f.parent.parent == population / "landscape" for f in files)
+        by_size = {len(r["runs"]): r for r in (json.loads(f.read_text()) for f in files)}
+        assert by_size[1]["applicable"] is False and "single seed" in by_size[1]["reason"]
+        pair = by_size[2]
+        assert pair["applicable"] is True and pair["epoch"] == 3
+        if task == "cka":
+            assert 0 < pair["mean"]["logits"] <= 1 + 1e-9
+        else:
+            (measured,) = pair["pairs"].values()
+            key = "mc_train_error" if task == "curve" else "barrier_train_loss"
+            assert key in measured and len(measured["path"]["t"]) == 3
+    again = run_task(config(*args))
+    assert again["computed"] == 0 and again["skipped"] == (3 if task == "hessian" else 2)
+    assert run_task(config(*args, "overwrite=true"))["computed"] == again["skipped"]
+
+
+def test_shards_split_the_work_without_overlap(config, population):
+    args = ["task=interpolate", f"population={population}", *FAST["interpolate"]]
+    first = run_task(config(*args, "shard=0", "num_shards=2"))
+    second = run_task(config(*args, "shard=1", "num_shards=2"))
+    assert first["computed"] == second["computed"] == 1
+    assert len(results(population, "interpolate")) == 2
+
+
+def test_an_epoch_that_was_not_checkpointed_is_named(config, population):
+    from ptmz.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"epoch=5 .*\[0, 1, 2, 3\]"):
+        run_task(config("task=cka", f"population={population}", "epoch=5"))
+    with pytest.raises(ConfigError, match=r"population=None"):
+        run_task(config("task=hessian"))
+
+
+def test_tasks_on_the_published_format_from_the_command_line(digits_population, tmp_path):
+    path = write_published(digits_population, tmp_path / "published", dataset_hint=False)
+    result = launch(
+        "task=interpolate", f"population={path}", "dataset=digits", "epoch=1", *FAST["interpolate"]
+    )
+    assert result.returncode == 0, result.stderr
+    (file,) = [f for f in results(path, "interpolate") if json.loads(f.read_text())["applicable"]]
+    assert json.loads(file.read_text())["epoch"] == 1 and file.name.endswith("_0001.json")
+    missing = launch("task=cka", f"population={path}")
+    assert missing.returncode == 2 and "name the dataset" in missing.stderr
