@@ -31,6 +31,8 @@ from ptmz.zoo.population import Population
         # ends differ and the curve is flat between: the published rule picks an endpoint,
         # |E(0) - m| = 0.1, mc = m - E(0) = 0.1; the interior variant sees the flat middle
         ([0.0, 0.1, 0.2], 0.1, 0.0),
+        ([0.3, 0.35, 0.4], 0.05, 0.0),  # the same tie, where rounding used to flip the sign
+        ([0.2, 0.15, 0.1], -0.05, 0.0),  # decreasing: t=0 still wins the tie
         ([0.3, 0.1, 0.35, 0.2], 0.15, 0.15),  # m = 0.25; the farthest point is 0.1, not 0.35
     ],
 )

@@ -59,3 +59,27 @@ def test_bad_population_and_epoch_are_named(digits_population, tmp_path):
     run = Population(digits_population).runs[0]
     with pytest.raises(ConfigError, match=r"epoch=7 .*checkpointed epoch.*\[0, 1, 2, 3\]"):
         run.load_model(7)
+
+
+def test_unfinished_runs_are_left_out_and_listed(digits_population, tmp_path):
+    import shutil
+
+    from ptmz.zoo import RunDir
+
+    path = shutil.copytree(digits_population, tmp_path / "zoo")
+    failed = sorted(path.iterdir())[0]
+    RunDir(failed).write_status("failed", epoch=3, error="RuntimeError: boom")
+    population = Population(path)
+    assert len(population) == 2 and failed not in [r.path for r in population]
+    assert population.unfinished == [(failed, "failed")]
+
+
+def test_two_copies_of_a_zoo_are_refused(digits_population, tmp_path):
+    import shutil
+
+    from ptmz.errors import PtmzError
+
+    for copy in ("a", "b"):
+        shutil.copytree(digits_population, tmp_path / copy)
+    with pytest.raises(PtmzError, match=r"holds seeds \[0, 0, 1, 1\].*two copies"):
+        Population(tmp_path).grid_points()

@@ -48,13 +48,13 @@ def test_task_stores_results_beside_the_runs_once(config, population, task):
         result = json.loads(files[0].read_text())
         for split in ("train", "test"):
             assert result[split]["eigenvalues"][0] > 0 and result[split]["trace_probes"] == 8
-        assert result["epoch"] == 3
+        assert result["inputs"]["epoch"] == 3
     else:
         assert all(f.parent.parent == population / "landscape" for f in files)
-        by_size = {len(r["runs"]): r for r in (json.loads(f.read_text()) for f in files)}
+        by_size = {len(r["inputs"]["runs"]): r for r in (json.loads(f.read_text()) for f in files)}
         assert by_size[1]["applicable"] is False and "single seed" in by_size[1]["reason"]
         pair = by_size[2]
-        assert pair["applicable"] is True and pair["epoch"] == 3
+        assert pair["applicable"] is True and pair["inputs"]["epoch"] == 3
         if task == "cka":
             assert 0 < pair["mean"]["logits"] <= 1 + 1e-9
         else:
@@ -64,14 +64,18 @@ def test_task_stores_results_beside_the_runs_once(config, population, task):
     again = run_task(config(*args))
     assert again["computed"] == 0 and again["skipped"] == (3 if task == "hessian" else 2)
     assert run_task(config(*args, "overwrite=true"))["computed"] == again["skipped"]
+    changed = run_task(config(*args, "task.batch_size=32"))  # other settings: not the same result
+    assert changed["computed"] == again["skipped"]
 
 
 def test_shards_split_the_work_without_overlap(config, population):
     args = ["task=interpolate", f"population={population}", *FAST["interpolate"]]
-    first = run_task(config(*args, "shard=0", "num_shards=2"))
-    second = run_task(config(*args, "shard=1", "num_shards=2"))
-    assert first["computed"] == second["computed"] == 1
+    shards = [run_task(config(*args, f"shard={i}", "num_shards=3")) for i in range(3)]
+    assert sum(s["computed"] for s in shards) == 2  # each grid point in exactly one shard
     assert len(results(population, "interpolate")) == 2
+    assert all(
+        run_task(config(*args, f"shard={i}", "num_shards=3"))["computed"] == 0 for i in range(3)
+    )
 
 
 def test_an_epoch_that_was_not_checkpointed_is_named(config, population):
@@ -85,11 +89,23 @@ def test_an_epoch_that_was_not_checkpointed_is_named(config, population):
 
 def test_tasks_on_the_published_format_from_the_command_line(digits_population, tmp_path):
     path = write_published(digits_population, tmp_path / "published", dataset_hint=False)
-    result = launch(
-        "task=interpolate", f"population={path}", "dataset=digits", "epoch=1", *FAST["interpolate"]
+    sweep = (
+        "-m",
+        "task=interpolate",
+        f"population={path}",
+        "dataset=digits",
+        "epoch=1",
+        "num_shards=2",
+        "shard=0,1",
+        *FAST["interpolate"],
     )
+    result = launch(*sweep)
     assert result.returncode == 0, result.stderr
-    (file,) = [f for f in results(path, "interpolate") if json.loads(f.read_text())["applicable"]]
-    assert json.loads(file.read_text())["epoch"] == 1 and file.name.endswith("_0001.json")
+    assert "Launching 2 jobs" in result.stdout  # the shards only: no zoo grid is swept
+    files = results(path, "interpolate")
+    assert len(files) == 2
+    (file,) = [f for f in files if json.loads(f.read_text())["applicable"]]
+    assert json.loads(file.read_text())["inputs"]["epoch"] == 1
+    assert file.name.endswith("_0001.json")
     missing = launch("task=cka", f"population={path}")
     assert missing.returncode == 2 and "name the dataset" in missing.stderr

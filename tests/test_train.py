@@ -151,3 +151,14 @@ def test_run_held_by_another_process_is_not_trained_twice(tmp_path):
     assert train_run(spec) == "running"  # skipped: the other process holds the lock
     assert holder.wait(timeout=240) == 0
     assert run.state == "done" and train_run(spec) == "done"
+
+
+def test_a_new_checkpoint_schedule_on_resume_keeps_earlier_checkpoints(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create({})
+    weights = {"w": torch.zeros(2)}
+    for epoch in range(4):  # first launch: keep every epoch
+        run.save_checkpoint(epoch, weights, {"epoch": epoch}, keep=lambda e: True)
+    run.save_checkpoint(4, weights, {"epoch": 4}, keep=lambda e: e == 0)  # resumed: keep 0 only
+    assert run.checkpoint_epochs == [0, 1, 2, 4]  # 3 was only the superseded resume point
+    assert run.resume_epoch == 4

@@ -30,11 +30,19 @@ from ptmz.train.loop import evaluate
 from ptmz.weights import State, bezier, lerp, recalibrate_bn
 
 
-def mode_connectivity(values: Sequence[float], interior: bool = False) -> float:
-    """mc = m - E(t*), t* = argmax |E(t) - m| (see the module docstring for the sign)."""
+def mode_connectivity(values: Sequence[float], interior: bool = False, tol: float = 1e-9) -> float:
+    """mc = m - E(t*), t* = argmax |E(t) - m| (see the module docstring for the sign).
+
+    Deviations within `tol` of the largest count as ties and the first evaluated t wins, as an
+    argmax does: on a monotone path both ends deviate equally, and without the tolerance float
+    rounding would pick the sign. Such a path gets mc = (E(1) - E(0)) / 2; `interior=True`
+    looks only between the ends.
+    """
     mean_ends = (values[0] + values[-1]) / 2
     candidates = values[1:-1] if interior else values
-    extreme = max(candidates, key=lambda e: abs(e - mean_ends))
+    deviations = [abs(e - mean_ends) for e in candidates]
+    largest = max(deviations)
+    extreme = next(e for e, d in zip(candidates, deviations, strict=True) if d >= largest - tol)
     return mean_ends - extreme
 
 

@@ -13,13 +13,13 @@ from ptmz.zoo.results import run_result
 
 def hessian(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
-    runs = shard(ws.population.runs, cfg)
+    runs = shard(ws.population.runs, lambda run: run.name, cfg)
 
     def compute(run: Run) -> dict:
         epoch = run.resolve_epoch(cfg.epoch)
         model = run.load_model(epoch).to(ws.device)
         splits = {"train": ws.train_split(run), "test": ws.data.test}
-        out = {"run": run.name, "epoch": epoch, "settings": OmegaConf.to_container(t)}
+        out = {}
         for split in t.splits:
             batches = list(ws.loader(splits[split], t.batch_size, t.samples))
             out[split] = hessian_metrics(
@@ -35,6 +35,17 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
             ).to_dict()
         return out
 
+    def inputs(run: Run) -> dict:
+        return {
+            "run": run.name,
+            "epoch": run.resolve_epoch(cfg.epoch),
+            "settings": OmegaConf.to_container(t),
+        }
+
     return run_units(
-        runs, lambda r: run_result(r, t.result, r.resolve_epoch(cfg.epoch)), compute, cfg.overwrite
+        runs,
+        lambda r: run_result(r, t.result, r.resolve_epoch(cfg.epoch)),
+        inputs,
+        compute,
+        cfg.overwrite,
     )

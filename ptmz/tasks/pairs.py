@@ -4,6 +4,7 @@ file per grid point and epoch). A grid point with one seed is recorded as not ap
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,26 +21,28 @@ Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
 
 def _grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
     ws = Workspace(cfg)
-    points = shard(list(ws.population.grid_points().items()), cfg)
+    points = shard(list(ws.population.grid_points().items()), lambda point: point[0], cfg)
 
-    def target(point: tuple[str, list[Run]]):
+    def target(point: tuple[str, list[Run]]) -> Path:
         name, runs = point
         return grid_point_result(ws.population, name, cfg.task.name, common_epoch(runs, cfg.epoch))
 
-    def compute(point: tuple[str, list[Run]]) -> dict[str, Any]:
+    def inputs(point: tuple[str, list[Run]]) -> dict[str, Any]:
         name, runs = point
-        epoch = common_epoch(runs, cfg.epoch)
-        head = {
+        return {
             "grid_point": name,
-            "epoch": epoch,
+            "epoch": common_epoch(runs, cfg.epoch),
             "runs": [r.name for r in runs],
             "settings": OmegaConf.to_container(cfg.task),
         }
-        if len(runs) < 2:
-            return {**head, "applicable": False, "reason": "the grid point has a single seed"}
-        return {**head, "applicable": True, **compare(ws, runs, epoch)}
 
-    return run_units(points, target, compute, cfg.overwrite)
+    def compute(point: tuple[str, list[Run]]) -> dict[str, Any]:
+        _, runs = point
+        if len(runs) < 2:
+            return {"applicable": False, "reason": "the grid point has a single seed"}
+        return {"applicable": True, **compare(ws, runs, common_epoch(runs, cfg.epoch))}
+
+    return run_units(points, target, inputs, compute, cfg.overwrite)
 
 
 def _augment(run: Run) -> Augment:

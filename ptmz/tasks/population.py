@@ -4,8 +4,10 @@ shard of the work, resolving epochs, and skipping results that already exist."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +28,7 @@ from ptmz.data import (
     stratified_subset,
 )
 from ptmz.errors import ConfigError
-from ptmz.io import write_json
+from ptmz.io import read_json, write_json
 from ptmz.train.loop import resolve_device
 from ptmz.zoo.population import Population, Run
 
@@ -59,7 +61,10 @@ class Workspace:
                 self.cfg.population,
                 "the path of a zoo directory, e.g. population=zoos/digits_resnet18",
             )
-        return Population(self.cfg.population, dataset=named_dataset(self.cfg))
+        population = Population(self.cfg.population, dataset=named_dataset(self.cfg))
+        for path, state in population.unfinished:
+            log.warning("%s is %s: left out", path, state)
+        return population
 
     @cached_property
     def device(self) -> torch.device:
@@ -71,7 +76,8 @@ class Workspace:
 
     def train_split(self, run: Run) -> Split:
         """The training data `run` was trained on (its stratified subset)."""
-        fraction, seed = run.config.get("data_fraction") or 1.0, run.config.get("seed") or 0
+        fraction = run.config.get("data_fraction") or 1.0
+        seed = run.config.get("subset_seed", 0)
         return self.data.train.subset(stratified_subset(self.data.train.labels, fraction, seed))
 
     def loader(
@@ -91,13 +97,14 @@ class Workspace:
         )
 
 
-def shard(units: Sequence[Unit], cfg: DictConfig) -> list[Unit]:
-    """This job's share of `units`: every num_shards-th unit starting at `shard`."""
+def shard(units: Sequence[Unit], name: Callable[[Unit], str], cfg: DictConfig) -> list[Unit]:
+    """This job's share of `units`: those whose name hashes to `shard` modulo `num_shards`.
+    Hashing the name (not the position) keeps the split fixed while runs are still appearing."""
     if not isinstance(cfg.num_shards, int) or cfg.num_shards < 1:
         raise ConfigError("num_shards", cfg.num_shards, "an integer >= 1")
     if not isinstance(cfg.shard, int) or not 0 <= cfg.shard < cfg.num_shards:
         raise ConfigError("shard", cfg.shard, f"an integer in 0..{cfg.num_shards - 1}")
-    return list(units[cfg.shard :: cfg.num_shards])
+    return [u for u in units if zlib.crc32(name(u).encode()) % cfg.num_shards == cfg.shard]
 
 
 def common_epoch(runs: Sequence[Run], epoch: int | None) -> int:
@@ -126,18 +133,22 @@ def mean_over(results: list[dict[str, Any]]) -> dict[str, float]:
 def run_units(
     units: Sequence[Unit],
     target: Callable[[Unit], Path],
+    inputs: Callable[[Unit], dict[str, Any]],
     compute: Callable[[Unit], dict[str, Any]],
     overwrite: bool,
 ) -> dict[str, int]:
-    """Compute and store the result of every unit whose file is missing (or all, overwrite)."""
+    """Compute and store every unit's result unless its file already holds one computed from
+    the same inputs (runs, epoch, settings); `overwrite` recomputes them all."""
     counts = {"computed": 0, "skipped": 0}
     for unit in units:
-        path = target(unit)
+        path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
         if path.exists() and not overwrite:
-            counts["skipped"] += 1
-            continue
+            if read_json(path).get("inputs") == expected:
+                counts["skipped"] += 1
+                continue
+            log.warning("%s was computed from other inputs: recomputing", path)
         began = time.perf_counter()
-        result = compute(unit)
+        result = {"inputs": expected, **compute(unit)}
         result["seconds"] = time.perf_counter() - began
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result)

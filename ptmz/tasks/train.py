@@ -13,6 +13,7 @@ RUN_KEYS = (
     "data_fraction",
     "epochs",
     "seed",
+    "subset_seed",
     "out_dir",
     "data_root",
     "device",

@@ -47,7 +47,7 @@ def check_writable(out_dir: str) -> None:
 def data_for(spec: RunSpec) -> tuple[ImageDataset, torch.Tensor]:
     """The run's dataset and the indices of its (stratified) training subset."""
     data = load_dataset(spec.dataset, spec.data_root, spec.download)
-    subset = stratified_subset(data.train.labels, spec.data_fraction, spec.seed)
+    subset = stratified_subset(data.train.labels, spec.data_fraction, spec.subset_seed)
     if spec.batch_size > len(subset):
         raise ConfigError(
             "batch_size",

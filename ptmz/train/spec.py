@@ -43,6 +43,7 @@ class RunSpec:
     data_fraction: float = 1.0
     epochs: int = 10
     seed: int = 0
+    subset_seed: int = 0  # picks the data_fraction subset; shared by the seeds of a grid point
     recipe: Recipe = field(default_factory=Recipe)
 
     out_dir: str = "zoos"
@@ -63,6 +64,7 @@ class RunSpec:
         for key in ("width", "batch_size", "epochs"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        _check_int("subset_seed", self.subset_seed, minimum=0)
         _check_int("recipe.augment.crop_padding", self.recipe.augment.crop_padding, minimum=0)
         if not 0 < self.data_fraction <= 1:
             raise ConfigError("data_fraction", self.data_fraction, "a number in (0, 1]")

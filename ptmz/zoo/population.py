@@ -41,6 +41,8 @@ NOT_GRID = {
     "params",
 }
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+# published params that differ between the seeds of one grid point, or say where a run ran
+_PUBLISHED_PER_RUN = re.compile(r"^seed$|dump|device|cuda|workers|resources")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,11 @@ class Run:
     @property
     def grid_point(self) -> str:
         """Readable id shared by the seeds of one grid point (everything but the seed)."""
-        rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
+        if self.format == "published":  # every param of the trial, so no varied key is missed
+            params = self.config["params"]
+            rest = {k: v for k, v in params.items() if not _PUBLISHED_PER_RUN.search(k)}
+        else:
+            rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
         g = self.grid
         return f"w{g['width']}_bs{g['batch_size']}-{digest.hexdigest()[:8]}"
@@ -175,7 +181,9 @@ def _published_run(path: Path, dataset: str | None) -> Run:
 
 @dataclass
 class Population:
-    """All runs under `path` (any depth), grouped into grid points that differ only by seed.
+    """All finished runs under `path` (any depth), grouped into grid points that differ only by
+    seed. ptmz runs that are not `done` (running, failed, diverged) are left out and listed in
+    `unfinished` as (path, state).
 
     `dataset` names the dataset of published runs whose params do not say it; ptmz runs
     always carry theirs.
@@ -184,16 +192,15 @@ class Population:
     path: Path
     dataset: str | None = None
     runs: list[Run] = field(init=False)
+    unfinished: list[tuple[Path, str]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser().resolve()
         if not self.path.is_dir():
             raise ConfigError("population", str(self.path), "an existing directory of runs")
-        runs = [
-            _ptmz_run(p.parent)
-            for p in sorted(self.path.rglob("config.json"))
-            if RunDir(p.parent).checkpoint_epochs
-        ]
+        found = [RunDir(p.parent) for p in sorted(self.path.rglob("config.json"))]
+        self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
+        runs = [_ptmz_run(d.path) for d in found if d.state == "done"]
         runs += [
             _published_run(p.parent, self.dataset) for p in sorted(self.path.rglob("params.json"))
         ]
@@ -221,4 +228,11 @@ class Population:
         groups: dict[str, list[Run]] = defaultdict(list)
         for run in self.runs:
             groups[run.grid_point].append(run)
+        for point, runs in groups.items():
+            seeds = [r.config["seed"] for r in runs]
+            if len(set(seeds)) < len(seeds):
+                raise PtmzError(
+                    f"grid point {point} of {self.path} holds seeds {seeds}: the "
+                    "same run twice (two copies of a zoo under one population?)"
+                )
         return dict(groups)

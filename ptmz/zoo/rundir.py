@@ -132,17 +132,17 @@ class RunDir:
         state: dict[str, Any],
         keep: Callable[[int], bool],
     ) -> None:
-        """Write the weights and resume state of `epoch`, then drop older resume points.
+        """Write the weights and resume state of `epoch`, then drop the older resume points.
 
-        Older weights survive only where `keep(epoch)` says they are a checkpoint the user asked
-        for; the others existed only to resume from.
+        The weights of a superseded resume point survive only where `keep(epoch)` says they are
+        a checkpoint the user asked for; weights that are not resume points are never touched,
+        so changing the checkpoint schedule on a resumed run deletes nothing it kept.
         """
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         atomic_write(self.weights_path(epoch), lambda tmp: save_file(tensors, tmp))
         atomic_write(self.state_path(epoch), lambda tmp: torch.save(state, tmp))
         for old in self._epochs("state_*.pt"):
             if old < epoch:
+                if not keep(old):
+                    self.weights_path(old).unlink(missing_ok=True)
                 self.state_path(old).unlink()
-        for old in self.checkpoint_epochs:
-            if old < epoch and not keep(old):
-                self.weights_path(old).unlink()
