@@ -16,6 +16,8 @@ TASKS = {
     "cka": "ptmz.tasks.pairs:cka",
     "curve": "ptmz.tasks.pairs:curve",
     "interpolate": "ptmz.tasks.pairs:interpolate",
+    "average_epochs": "ptmz.tasks.averaging:average_epochs",
+    "ensemble": "ptmz.tasks.averaging:ensemble",
 }
 
 

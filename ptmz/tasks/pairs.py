@@ -19,7 +19,7 @@ from ptmz.zoo.results import grid_point_result
 Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
 
 
-def _grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
+def grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
     ws = Workspace(cfg)
     points = shard(list(ws.population.grid_points().items()), lambda point: point[0], cfg)
 
@@ -83,7 +83,7 @@ def cka(cfg: DictConfig) -> dict[str, int]:
             models, batches, layers=list(t.layers) or None, unbiased=t.unbiased
         )
 
-    return _grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare)
 
 
 def interpolate(cfg: DictConfig) -> dict[str, int]:
@@ -98,7 +98,7 @@ def interpolate(cfg: DictConfig) -> dict[str, int]:
 
         return _each_pair(ws, runs, epoch, t, measure)
 
-    return _grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare)
 
 
 def curve(cfg: DictConfig) -> dict[str, int]:
@@ -124,4 +124,4 @@ def curve(cfg: DictConfig) -> dict[str, int]:
 
         return _each_pair(ws, runs, epoch, t, measure)
 
-    return _grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare)
