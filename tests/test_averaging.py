@@ -79,3 +79,36 @@ def test_averaging_tasks(config, digits_population, tmp_path, task, units):
         )
         assert 0 <= pair["ensemble_acc"] <= 1 and "ensemble_gain_acc" in pair
     assert len(Population(population)) == 3
+
+
+def test_magnitude_pruning_zeroes_exactly_the_smallest_weights():
+    from ptmz.averaging import magnitude_prune
+
+    state = {
+        "conv.weight": torch.tensor([[[[0.5, -0.1], [0.3, -0.9]]]]),  # 4 prunable
+        "conv.bias": torch.tensor([0.01]),  # never pruned
+        "bn.weight": torch.tensor([0.001]),  # 1-d: never pruned
+        "fc.weight": torch.tensor([[0.2, -0.05], [0.7, 0.4]]),  # 4 prunable
+    }
+    pruned = magnitude_prune(state, 0.5)  # the 4 smallest of 8: 0.05, 0.1, 0.2, 0.3
+    assert torch.allclose(pruned["conv.weight"].flatten(), torch.tensor([0.5, 0.0, 0.0, -0.9]))
+    assert torch.allclose(pruned["fc.weight"], torch.tensor([[0.0, 0.0], [0.7, 0.4]]))
+    assert torch.equal(pruned["conv.bias"], state["conv.bias"])
+    assert torch.equal(pruned["bn.weight"], state["bn.weight"])
+    assert state["fc.weight"][0, 0] == 0.2  # the input is not modified
+    assert torch.equal(magnitude_prune(state, 0.0)["fc.weight"], state["fc.weight"])
+    from ptmz.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sparsity=1.0 .*\[0, 1\)"):
+        magnitude_prune(state, 1.0)
+
+
+def test_prune_task_reports_every_sparsity(config, digits_population, tmp_path):
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    args = ["task=prune", f"population={population}", "task.sparsities=[0.5,0.99]"]
+    assert run_task(config(*args)) == {"computed": 3, "skipped": 0}
+    (file, *_) = sorted(population.rglob("landscape/prune_epoch_0003.json"))
+    result = json.loads(file.read_text())
+    assert set(result["sparsity"]) == {"0.5", "0.99"}
+    unpruned, gutted = result["unpruned"]["test_acc"], result["sparsity"]["0.99"]["test_acc"]
+    assert gutted < unpruned - 0.2  # 1% of the weights left: near chance

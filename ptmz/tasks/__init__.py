@@ -18,6 +18,7 @@ TASKS = {
     "interpolate": "ptmz.tasks.pairs:interpolate",
     "average_epochs": "ptmz.tasks.averaging:average_epochs",
     "ensemble": "ptmz.tasks.averaging:ensemble",
+    "prune": "ptmz.tasks.averaging:prune",
 }
 
 

@@ -1,12 +1,13 @@
-"""task=average_epochs (per run) and task=ensemble (per grid point)."""
+"""task=average_epochs and task=prune (per run), task=ensemble (per grid point)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ptmz.averaging import average_states, ensemble_metrics
+from ptmz.averaging import average_states, ensemble_metrics, magnitude_prune
 from ptmz.errors import ConfigError
 from ptmz.tasks.pairs import grid_point_task
 from ptmz.tasks.population import Workspace, run_units, shard
@@ -26,23 +27,25 @@ def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
     return run.checkpoint_epochs[-last:]
 
 
+def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]:
+    """Train (the run's own training data) and test loss and accuracy, eval mode."""
+    out = {}
+    for split, data in (("train", ws.train_split(run)), ("test", ws.data.test)):
+        out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(model, ws.loader(data, 512))
+    return out
+
+
 def average_epochs(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
     runs = shard(ws.population.runs, lambda run: run.name, cfg)
 
-    def measure(model, run: Run) -> dict[str, float]:
-        out = {}
-        for split, data in (("train", ws.train_split(run)), ("test", ws.data.test)):
-            out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(model, ws.loader(data, 512))
-        return out
-
     def compute(run: Run) -> dict[str, Any]:
         epochs = averaged_epochs(run, t.epochs, t.last)
-        final = measure(run.load_model(epochs[-1]).to(ws.device), run)
+        final = measure(ws, run.load_model(epochs[-1]).to(ws.device), run)
         averaged = run.load_model(epochs[-1])
         averaged.load_state_dict(average_states([run.state_dict(e) for e in epochs]))
         averaged = recalibrate_bn(averaged.to(ws.device), ws.loader(ws.train_split(run), 512))
-        metrics = measure(averaged, run)
+        metrics = measure(ws, averaged, run)
         deltas = {f"delta_{k}": metrics[k] - final[k] for k in metrics}
         return {"averaged": metrics, "final": final, **deltas}
 
@@ -68,3 +71,33 @@ def ensemble(cfg: DictConfig) -> dict[str, int]:
         return ensemble_metrics(models, ws.loader(ws.data.test, 512))
 
     return grid_point_task(cfg, compare)
+
+
+def prune(cfg: DictConfig) -> dict[str, int]:
+    ws, t = Workspace(cfg), cfg.task
+    runs = shard(ws.population.runs, lambda run: run.name, cfg)
+
+    def compute(run: Run) -> dict[str, Any]:
+        epoch = run.resolve_epoch(cfg.epoch)
+        state, model = run.state_dict(epoch), run.load_model(epoch).to(ws.device)
+        out = {"unpruned": measure(ws, model, run), "sparsity": {}}
+        for sparsity in t.sparsities:
+            model.load_state_dict(magnitude_prune(state, sparsity))
+            recalibrate_bn(model, ws.loader(ws.train_split(run), 512))
+            out["sparsity"][str(sparsity)] = measure(ws, model, run)
+        return out
+
+    def inputs(run: Run) -> dict[str, Any]:
+        return {
+            "run": run.name,
+            "epoch": run.resolve_epoch(cfg.epoch),
+            "settings": OmegaConf.to_container(t),
+        }
+
+    return run_units(
+        runs,
+        lambda r: run_result(r, "prune", r.resolve_epoch(cfg.epoch)),
+        inputs,
+        compute,
+        cfg.overwrite,
+    )
