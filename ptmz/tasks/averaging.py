@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptmz.averaging import average_states, ensemble_metrics, magnitude_prune
 from ptmz.errors import ConfigError
 from ptmz.tasks.pairs import grid_point_task
-from ptmz.tasks.population import Workspace, run_units, shard
+from ptmz.tasks.population import Workspace, per_run_task, run_units, shard
 from ptmz.train.loop import evaluate
 from ptmz.weights import recalibrate_bn
 from ptmz.zoo.population import Run
@@ -74,30 +74,15 @@ def ensemble(cfg: DictConfig) -> dict[str, int]:
 
 
 def prune(cfg: DictConfig) -> dict[str, int]:
-    ws, t = Workspace(cfg), cfg.task
-    runs = shard(ws.population.runs, lambda run: run.name, cfg)
+    ws = Workspace(cfg)
 
-    def compute(run: Run) -> dict[str, Any]:
-        epoch = run.resolve_epoch(cfg.epoch)
+    def compute(run: Run, epoch: int) -> dict[str, Any]:
         state, model = run.state_dict(epoch), run.load_model(epoch).to(ws.device)
         out = {"unpruned": measure(ws, model, run), "sparsity": {}}
-        for sparsity in t.sparsities:
+        for sparsity in cfg.task.sparsities:
             model.load_state_dict(magnitude_prune(state, sparsity))
             recalibrate_bn(model, ws.loader(ws.train_split(run), 512))
             out["sparsity"][str(sparsity)] = measure(ws, model, run)
         return out
 
-    def inputs(run: Run) -> dict[str, Any]:
-        return {
-            "run": run.name,
-            "epoch": run.resolve_epoch(cfg.epoch),
-            "settings": OmegaConf.to_container(t),
-        }
-
-    return run_units(
-        runs,
-        lambda r: run_result(r, "prune", r.resolve_epoch(cfg.epoch)),
-        inputs,
-        compute,
-        cfg.overwrite,
-    )
+    return per_run_task(cfg, ws, "prune", compute)

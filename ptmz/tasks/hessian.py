@@ -3,20 +3,17 @@ run and epoch), on fixed unaugmented train and test samples."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ptmz.landscape.hessian import hessian_metrics
-from ptmz.tasks.population import Workspace, run_units, shard
+from ptmz.tasks.population import Workspace, per_run_task
 from ptmz.zoo.population import Run
-from ptmz.zoo.results import run_result
 
 
 def hessian(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
-    runs = shard(ws.population.runs, lambda run: run.name, cfg)
 
-    def compute(run: Run) -> dict:
-        epoch = run.resolve_epoch(cfg.epoch)
+    def compute(run: Run, epoch: int) -> dict:
         model = run.load_model(epoch).to(ws.device)
         splits = {"train": ws.train_split(run), "test": ws.data.test}
         out = {}
@@ -35,17 +32,4 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
             ).to_dict()
         return out
 
-    def inputs(run: Run) -> dict:
-        return {
-            "run": run.name,
-            "epoch": run.resolve_epoch(cfg.epoch),
-            "settings": OmegaConf.to_container(t),
-        }
-
-    return run_units(
-        runs,
-        lambda r: run_result(r, t.result, r.resolve_epoch(cfg.epoch)),
-        inputs,
-        compute,
-        cfg.overwrite,
-    )
+    return per_run_task(cfg, ws, t.result, compute)

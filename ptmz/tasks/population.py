@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ptmz.data import (
     DeviceLoader,
@@ -31,6 +31,7 @@ from ptmz.errors import ConfigError
 from ptmz.io import read_json, write_json
 from ptmz.train.loop import resolve_device
 from ptmz.zoo.population import Population, Run
+from ptmz.zoo.results import run_result
 
 log = logging.getLogger(__name__)
 Unit = TypeVar("Unit")
@@ -156,3 +157,25 @@ def run_units(
         log.info("wrote %s (%.1f s)", path, result["seconds"])
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
     return counts
+
+
+def per_run_task(
+    cfg: DictConfig, ws: Workspace, name: str, compute: Callable[[Run, int], dict[str, Any]]
+) -> dict[str, int]:
+    """Run `compute(run, epoch)` on this shard's runs at `cfg.epoch` (default: each run's last
+    checkpoint), storing <run>/landscape/<name>_epoch_XXXX.json."""
+
+    def inputs(run: Run) -> dict[str, Any]:
+        return {
+            "run": run.name,
+            "epoch": run.resolve_epoch(cfg.epoch),
+            "settings": OmegaConf.to_container(cfg.task),
+        }
+
+    return run_units(
+        shard(ws.population.runs, lambda run: run.name, cfg),
+        lambda run: run_result(run, name, run.resolve_epoch(cfg.epoch)),
+        inputs,
+        lambda run: compute(run, run.resolve_epoch(cfg.epoch)),
+        cfg.overwrite,
+    )
