@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -81,7 +83,8 @@ def write_published(population: Path, dest: Path, dataset_hint: bool = True) -> 
 
     from ptmz.zoo import RunDir
 
-    for i, run_path in enumerate(sorted(p for p in population.iterdir() if p.name != "landscape")):
+    runs = sorted(p for p in population.iterdir() if p.is_dir() and p.name != "landscape")
+    for i, run_path in enumerate(runs):
         run = RunDir(run_path)
         c = run.config
         trial = dest / f"NN_tune_trainable_{i:05d}_{i}_seed={c['seed']}"
@@ -108,3 +111,12 @@ def write_published(population: Path, dest: Path, dataset_hint: bool = True) -> 
 @pytest.fixture(scope="session")
 def published_population(digits_population, tmp_path_factory) -> Path:
     return write_published(digits_population, tmp_path_factory.mktemp("published"))
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """The IDX format of the MNIST files: magic (0, 0, type 0x08 = ubyte, ndim), sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    path.write_bytes(header + array.numpy().tobytes())

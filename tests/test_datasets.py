@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
@@ -12,14 +9,7 @@ from PIL import Image
 from ptmz.data import DatasetNotFound, load_dataset, stratified_subset
 from ptmz.errors import ConfigError
 
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """The IDX format of the MNIST files: magic (0, 0, type 0x08 = ubyte, ndim), sizes, data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    path.write_bytes(header + array.numpy().tobytes())
+from conftest import write_idx
 
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])

@@ -17,7 +17,9 @@ TASKS = {
     "curve": "ptmz.tasks.pairs:curve",
     "interpolate": "ptmz.tasks.pairs:interpolate",
     "average_epochs": "ptmz.tasks.averaging:average_epochs",
+    "average_seeds": "ptmz.tasks.averaging:average_seeds",
     "ensemble": "ptmz.tasks.averaging:ensemble",
+    "finetune": "ptmz.tasks.averaging:finetune_run",
     "prune": "ptmz.tasks.averaging:prune",
 }
 

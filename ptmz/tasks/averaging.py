@@ -1,4 +1,5 @@
-"""task=average_epochs and task=prune (per run), task=ensemble (per grid point)."""
+"""task=average_epochs, finetune and prune (per run); average_seeds and ensemble (per grid
+point)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,29 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ptmz.averaging import average_states, ensemble_metrics, magnitude_prune
+from ptmz.averaging import (
+    align,
+    average_states,
+    ensemble_metrics,
+    finetune,
+    fit_head,
+    magnitude_prune,
+    wiseft_curve,
+    wiseft_summary,
+)
+from ptmz.averaging.align import METHODS
+from ptmz.data import DeviceLoader, load_dataset
 from ptmz.errors import ConfigError
 from ptmz.tasks.pairs import grid_point_task
-from ptmz.tasks.population import Workspace, per_run_task, run_units, shard
+from ptmz.tasks.population import (
+    Workspace,
+    mean_over,
+    per_run_task,
+    run_units,
+    shard,
+    training_augment,
+)
+from ptmz.train import Recipe
 from ptmz.train.loop import evaluate
 from ptmz.weights import recalibrate_bn
 from ptmz.zoo.population import Run
@@ -86,3 +106,76 @@ def prune(cfg: DictConfig) -> dict[str, int]:
         return out
 
     return per_run_task(cfg, ws, "prune", compute)
+
+
+def average_seeds(cfg: DictConfig) -> dict[str, int]:
+    t = cfg.task
+    if t.method not in METHODS:
+        raise ConfigError("task.method", t.method, " or ".join(METHODS))
+
+    def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
+        individual = mean_over([measure(ws, r.load_model(epoch).to(ws.device), r) for r in runs])
+        states = [r.state_dict(epoch) for r in runs]
+        model = runs[0].load_model(epoch).to(ws.device)
+        train = ws.train_split(runs[0])  # the seeds of a grid point share their training data
+        inputs = [x for x, _ in ws.loader(train, 256, t.samples)]
+        aligned = [states[0]] + [
+            align(model, states[0], other, inputs, t.method, t.seed) for other in states[1:]
+        ]
+        out: dict[str, Any] = {"individual_mean": individual}
+        for name, members in (("unaligned", states), ("aligned", aligned)):
+            model.load_state_dict(average_states(members))
+            recalibrate_bn(model, ws.loader(train, 512))
+            metrics = measure(ws, model, runs[0])
+            out[name] = {**metrics, **{f"delta_{k}": metrics[k] - individual[k] for k in metrics}}
+        return out
+
+    return grid_point_task(cfg, compare)
+
+
+def finetune_run(cfg: DictConfig) -> dict[str, int]:
+    """task=finetune: fine-tune each run on the target dataset, then the WiSE-FT curve."""
+    ws, t = Workspace(cfg), cfg.task
+    alphas = sorted(float(a) for a in t.alphas)
+    if not {0.0, 1.0} <= set(alphas) or not 0 <= alphas[0] <= alphas[-1] <= 1:
+        raise ConfigError(
+            "task.alphas", t.alphas, "mixing coefficients in [0, 1] including 0 and 1"
+        )
+    recipe = Recipe(optimizer="sgd", schedule="cosine", weight_decay=t.weight_decay)
+
+    def compute(run: Run, epoch: int) -> dict[str, Any]:
+        target = load_dataset(
+            t.target or ws.population.dataset, cfg.data_root, cfg.dataset.download
+        )
+        model = run.load_model(epoch).to(ws.device)
+        zoo_channels = next(model.parameters()).shape[1]
+        if target.in_channels != zoo_channels:
+            raise ConfigError(
+                "task.target",
+                t.target,
+                f"a dataset with {zoo_channels} input channel(s), as the zoo",
+            )
+
+        def loader(split, batch_size, **shuffle) -> DeviceLoader:
+            return DeviceLoader(split, batch_size, target.mean, target.std, ws.device, **shuffle)
+
+        head = fit_head(model, target.num_classes)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        generator = torch.Generator().manual_seed(t.seed)
+        train = loader(
+            target.train, t.batch_size, augment=training_augment(run), generator=generator
+        )
+        losses = finetune(model, train, t.epochs, t.lr, recipe)
+        finetuned = model.state_dict()
+        start.update({k: finetuned[k] for k in head})  # a new head has no zoo version to mix
+        bn, test = loader(target.train, 512), loader(target.test, 512)
+        curve = wiseft_curve(model, start, finetuned, alphas, bn, test)
+        return {
+            "target": target.name,
+            "new_head": bool(head),
+            "train_loss_per_epoch": losses,
+            "curve": curve,
+            **wiseft_summary(curve),
+        }
+
+    return per_run_task(cfg, ws, "finetune", compute)

@@ -9,10 +9,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ptmz.data import Augment
 from ptmz.landscape.cka import mean_pairwise_cka
 from ptmz.landscape.paths import CurveSettings, PathData, curve_metrics, interpolation_metrics
-from ptmz.tasks.population import Workspace, common_epoch, mean_over, run_units, seed_pairs, shard
+from ptmz.tasks.population import (
+    Workspace,
+    common_epoch,
+    mean_over,
+    run_units,
+    seed_pairs,
+    shard,
+    training_augment,
+)
 from ptmz.zoo.population import Run
 from ptmz.zoo.results import grid_point_result
 
@@ -43,12 +50,6 @@ def grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
         return {"applicable": True, **compare(ws, runs, common_epoch(runs, cfg.epoch))}
 
     return run_units(points, target, inputs, compute, cfg.overwrite)
-
-
-def _augment(run: Run) -> Augment:
-    """The run's own training augmentation; published runs used the published one."""
-    recipe = run.config.get("recipe")
-    return Augment(**recipe["augment"]) if recipe else Augment()
 
 
 def _path_data(ws: Workspace, run: Run, t: DictConfig) -> PathData:
@@ -110,7 +111,7 @@ def curve(cfg: DictConfig) -> dict[str, int]:
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         def measure(a: Run, b: Run, data: PathData) -> dict:
             model = a.load_model(epoch).to(ws.device)
-            augment = _augment(a)
+            augment = training_augment(a)
             train = ws.loader(ws.train_split(a), t.batch_size, augment=augment, seed=t.seed)
             return curve_metrics(
                 model,

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.data import (
+    Augment,
     DeviceLoader,
     ImageDataset,
     Split,
@@ -96,6 +97,12 @@ class Workspace:
         return DeviceLoader(
             subset, batch_size, self.data.mean, self.data.std, self.device, augment, generator
         )
+
+
+def training_augment(run: Run) -> Augment:
+    """The run's own training augmentation; published runs used the published one."""
+    recipe = run.config.get("recipe")
+    return Augment(**recipe["augment"]) if recipe else Augment()
 
 
 def shard(units: Sequence[Unit], name: Callable[[Unit], str], cfg: DictConfig) -> list[Unit]:

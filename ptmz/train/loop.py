@@ -6,6 +6,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ptmz.data import DeviceLoader, ImageDataset, load_dataset, stratified_subse
 from ptmz.errors import ConfigError
 from ptmz.io import finite_or_none
 from ptmz.models import build_model
-from ptmz.train.spec import RunSpec
+from ptmz.train.spec import Recipe, RunSpec
 from ptmz.zoo.rundir import FINISHED, RunDir
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,19 @@ def data_generator(seed: int) -> torch.Generator:
     )
 
 
-def build_optimizer(model: nn.Module, spec: RunSpec, steps_per_epoch: int):
-    r = spec.recipe
+def build_optimizer(model: nn.Module, r: Recipe, lr: float, epochs: int, steps_per_epoch: int):
+    """The recipe's optimizer and its per-step learning-rate schedule."""
     if r.optimizer == "sgd":
         opt = torch.optim.SGD(
-            model.parameters(), spec.lr, momentum=r.momentum, weight_decay=r.weight_decay
+            model.parameters(), lr, momentum=r.momentum, weight_decay=r.weight_decay
         )
     else:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.optimizer]
-        opt = cls(model.parameters(), spec.lr, weight_decay=r.weight_decay)
-    total = spec.epochs * steps_per_epoch
+        opt = cls(model.parameters(), lr, weight_decay=r.weight_decay)
+    total = epochs * steps_per_epoch
     if r.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=spec.lr, epochs=spec.epochs, steps_per_epoch=steps_per_epoch
+            opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
         )
     elif r.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -98,6 +99,28 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
         correct += (logits.argmax(1) == y).sum()
     n = len(loader.labels)
     return loss_sum.item() / n, correct.item() / n
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    on_step: Callable[[], Any] = lambda: None,
+) -> float:
+    """One pass of cross-entropy SGD over `loader`; the mean training loss of its batches
+    (read from the device once, at the end)."""
+    model.train()
+    loss_sum = torch.zeros((), device=loader.labels.device)
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.detach() * len(y)
+        on_step()
+    return loss_sum.item() / len(loader.labels)
 
 
 def train_run(spec: RunSpec) -> str:
@@ -147,7 +170,7 @@ def _train(
     )
     eval_train = DeviceLoader(train_split, 1024, data.mean, data.std, device)
     eval_test = DeviceLoader(data.test, 1024, data.mean, data.std, device)
-    optimizer, schedule = build_optimizer(model, spec, len(loader))
+    optimizer, schedule = build_optimizer(model, spec.recipe, spec.lr, spec.epochs, len(loader))
 
     def measure(epoch: int, **extra: Any) -> dict[str, Any]:
         train_loss, train_acc = evaluate(model, eval_train)
@@ -197,17 +220,7 @@ def _train(
     for epoch in range(start + 1, spec.epochs + 1):
         began = time.perf_counter()
         bar.set_description(f"{run.path.name} epoch {epoch}/{spec.epochs}")
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach() * len(y)
-            bar.update()
-        batch_loss = loss_sum.item() / len(train_split)
+        batch_loss = train_epoch(model, loader, optimizer, schedule, bar.update)
         record = measure(
             epoch,
             batch_loss=batch_loss,
