@@ -21,6 +21,8 @@ TASKS = {
     "ensemble": "ptmz.tasks.averaging:ensemble",
     "finetune": "ptmz.tasks.averaging:finetune_run",
     "prune": "ptmz.tasks.averaging:prune",
+    "collect": "ptmz.tasks.analysis:collect",
+    "plot": "ptmz.tasks.analysis:plot",
 }
 
 

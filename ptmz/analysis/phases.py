@@ -1,0 +1,304 @@
+"""Phase classification of grid points, following Yang et al. 2021 (the phase table of the
+README): per grid point and epoch, from the mean over its seeds of
+
+    train loss          high | low          (`loss`)
+    Hessian             large | small       (`hessian`: trace by default)
+    mode connectivity   < 0 | ~ 0 | > 0     (`mc`: of the train error by default)
+    CKA between seeds   high | low          (`cka`: of the logits; only phase IV needs it)
+
+    I     high loss, large Hessian, mc < 0      III   low loss, small Hessian, mc < 0
+    II    high loss, large Hessian, mc > 0      IV-A  low loss, small Hessian, mc ~ 0, low CKA
+                                                IV-B  low loss, small Hessian, mc ~ 0, high CKA
+
+No published code fixes numeric thresholds, so every one is explicit (`PhaseThresholds`,
+`task.thresholds.*` on the command line) and printed on the figure. The defaults:
+
+- Train loss and Hessian: a `Cut` halfway (`fraction` 0.5) between the population's smallest
+  and largest value, in log space. Their absolute scales depend on the dataset (the loss at
+  chance is ln(classes)), the architecture and the number of samples, so no absolute number
+  carries over between zoos; both span orders of magnitude across a phase diagram, so the
+  geometric middle is where the regimes meet. A population whose values span less than
+  `min_spread` (0.5 decades, a factor of 3) does not contain both regimes: it gets no label
+  rather than an arbitrary split. Set `value` for an absolute threshold instead.
+- CKA: halfway between the population's smallest and largest CKA, on its linear [0, 1]
+  scale, with `min_spread` 0.1.
+- mc ~ 0: |mc| <= `mc_tolerance` = 0.01. mc of the train *error* is a fraction of the
+  training set, comparable across datasets: 0.01 is one percentage point of training error.
+
+The ranges are taken over the grid points and epochs being classified: those with a train
+loss, a Hessian and an mc value. A grid point lacking one of them, or whose values match no
+row of the table (high loss with a small Hessian, low loss with mc > 0, ...), gets no label
+and a `reason`: never a guessed phase.
+
+Published populations store the published zoo's values in result.json
+(`log_hessian_trace_train`, `curve_mc_train_error`, `representation_similarity`): each metric
+is the first of its candidate columns that the table holds. A column named `log_*` already
+holds logarithms, so its cut is made on those values as they are (a fraction of a log range
+does not depend on the logarithm's base); an absolute `value` is in the column's own units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ptmz.errors import ConfigError
+
+PHASES = ("I", "II", "III", "IV-A", "IV-B")
+ROLES = ("loss", "hessian", "mc", "cka")
+GRID_POINT = ("grid_point", "epoch")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a metric turns from low to high: at `value` (in the metric's units) when set,
+    otherwise `fraction` of the way from the population's minimum to its maximum (in log10
+    space if `log`), provided that range spans at least `min_spread` (decades if `log`)."""
+
+    value: float | None = None
+    fraction: float = 0.5
+    log: bool = True
+    min_spread: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.fraction <= 1, "fraction", self.fraction, "a number in [0, 1]")
+        _check(self.min_spread >= 0, "min_spread", self.min_spread, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class PhaseThresholds:
+    """Every number the classification uses, and which table columns it reads (each metric:
+    the first candidate column the table holds)."""
+
+    loss: Cut = Cut()
+    hessian: Cut = Cut()
+    cka: Cut = Cut(log=False, min_spread=0.1)
+    mc_tolerance: float = 0.01
+    loss_metric: tuple[str, ...] = ("train_loss",)
+    hessian_metric: tuple[str, ...] = (
+        "hessian.train.trace",
+        "log_hessian_trace_train",
+        "hessian.train.top_eigenvalue",
+        "log_hessian_top_ev_val",
+    )
+    mc_metric: tuple[str, ...] = ("curve.mean.mc_train_error", "curve_mc_train_error")
+    cka_metric: tuple[str, ...] = ("cka.mean.logits", "representation_similarity")
+
+    def __post_init__(self) -> None:
+        _check(self.mc_tolerance >= 0, "mc_tolerance", self.mc_tolerance, "a number >= 0")
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], key: str = "task.thresholds"
+    ) -> PhaseThresholds:
+        """From a (Hydra) mapping such as {"loss": {"value": 0.1}, "mc_tolerance": 0.02}; a
+        wrong key or value is reported with its full name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        try:
+            for name, value in config.items():
+                _check(name in names, f"{key}.{name}", value, f"one of {', '.join(sorted(names))}")
+                if name in ("loss", "hessian", "cka"):
+                    kwargs[name] = _cut(value, f"{key}.{name}", getattr(cls(), name))
+                elif name.endswith("_metric"):
+                    kwargs[name] = (value,) if isinstance(value, str) else tuple(value)
+                else:
+                    kwargs[name] = float(value)
+            return cls(**kwargs)
+        except ConfigError as error:
+            if error.key.startswith(key):
+                raise
+            raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
+
+
+def _cut(config: Mapping[str, Any], key: str, default: Cut) -> Cut:
+    names = {f.name for f in dataclasses.fields(Cut)}
+    for name, value in config.items():
+        _check(name in names, f"{key}.{name}", value, f"one of {', '.join(sorted(names))}")
+    try:
+        return dataclasses.replace(default, **config)
+    except ConfigError as error:
+        raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
+
+
+DEFAULT = PhaseThresholds()
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold as applied: the column it was read from, its value in that column's units
+    (None: no cut could be made) and how it was set (or why not)."""
+
+    column: str | None
+    value: float | None
+    note: str
+
+    def describe(self, what: str) -> str:
+        if self.column is None:
+            return f"{what}: {self.note}"
+        if self.value is None:
+            return f"{what} ({self.column}): no threshold, {self.note}"
+        return f"{what} ({self.column}) {self.value:.3g}: {self.note}"
+
+
+@dataclass
+class Classification:
+    """Per grid point and epoch: the seed means used, the verdict on each metric, the phase
+    (None when it cannot be told) and the reason; with the thresholds as applied."""
+
+    grid: pd.DataFrame
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The thresholds in words, one line per metric, as the figure prints them."""
+        t = self.thresholds
+        return [
+            t["loss"].describe("train loss high above"),
+            t["hessian"].describe("Hessian large above"),
+            t["mc"].describe("mc ~ 0 within +/-"),
+            t["cka"].describe("CKA high above"),
+        ]
+
+
+def pick_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    """The first of `candidates` that the table holds a value for."""
+    for column in candidates:
+        if column in table.columns and table[column].notna().any():
+            return column
+    return None
+
+
+def grid_point_means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per grid point and epoch: its coordinates, number of seeds, and the mean over
+    its seeds of `columns` (grid-point results are the same on every seed)."""
+    coordinates = [c for c in ("width", "batch_size", "lr", "data_fraction") if c in table]
+    groups = table.groupby(list(GRID_POINT), sort=True, dropna=False)
+    out = groups[coordinates].first()
+    out["seeds"] = groups["run"].nunique() if "run" in table else groups.size()
+    for column in dict.fromkeys(columns):
+        out[column] = groups[column].mean()
+    return out.reset_index()
+
+
+def _already_log(column: str) -> bool:
+    return column.rsplit(".", 1)[-1].startswith("log_")
+
+
+def resolve(cut: Cut, column: str | None, values: pd.Series) -> Threshold:
+    """`cut` applied to the population's `values` of `column`."""
+    if column is None:
+        return Threshold(None, None, "not measured")
+    if cut.value is not None:
+        return Threshold(column, float(cut.value), "set")
+    log = cut.log and not _already_log(column)
+    values = values.dropna()
+    if log:
+        values = values[values > 0]
+    if values.empty:
+        return Threshold(column, None, "no grid point has train loss, Hessian and mc")
+    lo, hi = float(values.min()), float(values.max())
+    x_lo, x_hi = (math.log10(lo), math.log10(hi)) if log else (lo, hi)
+    space = "in log space" if log else "of logarithms" if _already_log(column) else "linear"
+    if x_hi - x_lo < cut.min_spread:
+        unit = " decades" if log else ""
+        return Threshold(
+            column,
+            None,
+            f"range {lo:.3g}..{hi:.3g} spans {x_hi - x_lo:.2g}{unit} < min_spread "
+            f"{cut.min_spread:g}: one regime only",
+        )
+    x = x_lo + cut.fraction * (x_hi - x_lo)
+    value = 10**x if log else x
+    return Threshold(
+        column, value, f"{cut.fraction:.0%} from min {lo:.3g} to max {hi:.3g} ({space})"
+    )
+
+
+def _above(value: float, threshold: Threshold) -> bool | None:
+    if threshold.value is None or value is None or np.isnan(value):
+        return None
+    return bool(value > threshold.value)
+
+
+def _mc_sign(mc: float, tolerance: float) -> str | None:
+    if mc is None or np.isnan(mc):
+        return None
+    return "<0" if mc < -tolerance else ">0" if mc > tolerance else "~0"
+
+
+def _phase(loss_high, hessian_large, mc, cka_high) -> tuple[str | None, str]:
+    """The phase table; (None, why) where it does not decide."""
+    missing = [
+        name
+        for name, v in (("train loss", loss_high), ("Hessian", hessian_large), ("mc", mc))
+        if v is None
+    ]
+    if missing:
+        return None, f"no {', no '.join(missing)} (or no threshold)"
+    if loss_high != hessian_large:
+        loss = "high" if loss_high else "low"
+        hessian = "large" if hessian_large else "small"
+        return None, f"train loss {loss} but Hessian {hessian}: in no phase"
+    if loss_high:
+        if mc == "~0":
+            return None, "high loss with mc ~ 0: neither I (mc < 0) nor II (mc > 0)"
+        return ("I" if mc == "<0" else "II"), ""
+    if mc == "<0":
+        return "III", ""
+    if mc == ">0":
+        return None, "low loss with mc > 0: neither III (mc < 0) nor IV (mc ~ 0)"
+    if cka_high is None:
+        return None, "phase IV, but no CKA (or no CKA threshold) to tell IV-A from IV-B"
+    return ("IV-B" if cka_high else "IV-A"), ""
+
+
+def classify_phases(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT) -> Classification:
+    """The phase of every grid point and epoch of a results table (`results_table`)."""
+    columns = {
+        "loss": pick_column(table, thresholds.loss_metric),
+        "hessian": pick_column(table, thresholds.hessian_metric),
+        "mc": pick_column(table, thresholds.mc_metric),
+        "cka": pick_column(table, thresholds.cka_metric),
+    }
+    grid = grid_point_means(table, [c for c in columns.values() if c])
+    for role, column in columns.items():
+        grid[role] = grid[column] if column else np.nan
+    measured = grid[["loss", "hessian", "mc"]].notna().all(axis=1)
+    applied = {
+        "loss": resolve(thresholds.loss, columns["loss"], grid.loc[measured, "loss"]),
+        "hessian": resolve(thresholds.hessian, columns["hessian"], grid.loc[measured, "hessian"]),
+        "mc": Threshold(columns["mc"], thresholds.mc_tolerance, "set")
+        if columns["mc"]
+        else Threshold(None, None, "not measured"),
+        "cka": resolve(thresholds.cka, columns["cka"], grid.loc[measured, "cka"]),
+    }
+    verdicts = []
+    for row in grid.itertuples():
+        loss_high = _above(row.loss, applied["loss"])
+        hessian_large = _above(row.hessian, applied["hessian"])
+        mc = _mc_sign(row.mc, thresholds.mc_tolerance)
+        cka_high = _above(row.cka, applied["cka"])
+        phase, reason = _phase(loss_high, hessian_large, mc, cka_high)
+        verdicts.append((loss_high, hessian_large, mc, cka_high, phase, reason))
+    names = ["loss_high", "hessian_large", "mc_sign", "cka_high", "phase", "reason"]
+    verdict = pd.DataFrame(verdicts, columns=names, index=grid.index, dtype=object)
+    return Classification(pd.concat([grid, verdict], axis=1), applied)
+
+
+def phase_column(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT) -> pd.Series:
+    """The phase of each row's grid point at its epoch, aligned with `table`."""
+    grid = classify_phases(table, thresholds).grid
+    phases = grid.set_index(list(GRID_POINT))["phase"]
+    index = pd.MultiIndex.from_frame(table[list(GRID_POINT)])
+    return pd.Series(phases.reindex(index).to_numpy(), index=table.index, dtype=object)

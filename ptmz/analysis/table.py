@@ -1,0 +1,228 @@
+"""The results table of a population: one row per run and epoch, every number measured on it.
+
+Columns, in order:
+
+    run, grid_point, format, dataset, model       which run (format: ptmz | published)
+    width, batch_size, lr, data_fraction, seed    its grid coordinates
+    epoch                                         the state after this many epochs
+    train_loss, train_acc, test_loss, test_acc,   that epoch's training record, as stored (ptmz:
+    ...                                           metrics.jsonl; published: the result.json line)
+    generalization_gap                            train_acc - test_acc (accuracy points)
+    <result>.<key>.<key>...                       every result file of the run, or of its grid
+                                                  point, at this epoch
+    phase                                         I | II | III | IV-A | IV-B, or missing
+                                                  (`ptmz.analysis.phases`)
+    config.<key>...                               the rest of the run's config
+
+Result columns are the result's name (the file's stem without `_epoch_XXXX`) and the path of
+keys down to a number, joined by dots: `hessian.train.trace`, `cka.mean.logits`,
+`curve.mean.mc_train_error`, `prune.sparsity.0.9.test_acc`, `ensemble.ensemble_gain_acc`.
+Any result file a task writes shows up this way without code here. Left out: `inputs` (what
+the result was computed from), `seconds` (how long it took), `pairs` (per seed pair, with run
+names as keys: their mean is the grid point's value), strings and lists (curves, spectra),
+except that a list of `eigenvalues` gives its largest as `top_eigenvalue`. A grid-point result
+is repeated on the rows of every seed of that grid point; one marked `"applicable": false`
+(a seed-pair metric on a single seed) contributes nothing.
+
+Published result.json lines carry some landscape values of the published zoo beside the
+training metrics (`representation_similarity`, `curve_mc_train_error`,
+`log_hessian_trace_train`, `log_hessian_top_ev_val`, `ggap`, `wiseft_acc_test_delta`, ...):
+every numeric key of a line becomes a column under its own name, except ray.tune's
+bookkeeping (timestamps, iteration counters, pids). A record key that is also a grid or
+config column (the scheduled `lr` of the epoch) is renamed `record.<key>`.
+
+Why train_acc - test_acc for the generalisation gap: it is bounded and comparable across
+datasets and grid points, where the loss gap is dominated by the overconfidence of
+overfitted models (it grows without bound as their test loss does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ptmz.analysis.phases import DEFAULT, PhaseThresholds, phase_column
+from ptmz.io import read_json
+from ptmz.zoo.population import GRID_KEYS, Population, Run
+
+_RESULT_FILE = re.compile(r"^(?P<name>.+)_epoch_(?P<epoch>\d+)\.json$")
+_SKIPPED_KEYS = {"inputs", "seconds", "pairs", "applicable", "reason"}
+# ray.tune's own keys in a published result.json line: when and where, not what was measured
+_TUNE_BOOKKEEPING = {
+    "done",
+    "training_iteration",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "timesteps_since_restore",
+    "iterations_since_restore",
+    "timesteps_total",
+    "episodes_total",
+    "episode_reward_mean",
+    "pid",
+    "warmup_time",
+    "should_checkpoint",
+}
+IDENTITY = ("run", "grid_point", "format", "dataset", "model", *GRID_KEYS, "epoch")
+
+
+def results_table(
+    population: Population | str | Path, phases: PhaseThresholds | None = DEFAULT
+) -> pd.DataFrame:
+    """One row per run and epoch of `population` (a `Population` or its path), with every
+    training record and result; see the module docstring for the columns.
+
+    `phases`: the thresholds the `phase` column is classified with (None: no phase column).
+    """
+    if not isinstance(population, Population):
+        population = Population(population)
+    grid_results = _grid_point_results(population)
+    rows, results = [], set()
+    for run in population.runs:
+        rows += _run_rows(run, grid_results.get(run.grid_point, {}), results)
+    table = pd.DataFrame(rows)
+    empty = [c for c in results if table[c].isna().all()]  # e.g. a density never asked for
+    table = table.drop(columns=empty)
+    table = _ordered(table.sort_values(["grid_point", "seed", "run", "epoch"], ignore_index=True))
+    if phases is not None:
+        position = _phase_position(table)
+        phase = phase_column(table, phases).rename("phase")
+        table = pd.concat([table.iloc[:, :position], phase, table.iloc[:, position:]], axis=1)
+    return table
+
+
+def flatten(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The scalar entries of one result file as {"<prefix>.<key>.<key>": value}; None (a
+    metric that was not finite) becomes NaN."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}.{key}"
+        if key in _SKIPPED_KEYS:
+            continue
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        elif key == "eigenvalues" and value and all(_is_number(v) for v in value):
+            out[f"{prefix}.top_eigenvalue"] = float(max(value))
+        elif value is None:
+            out[name] = math.nan
+        elif _is_number(value):
+            out[name] = float(value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _result_files(directory: Path) -> Iterator[tuple[str, int, Path]]:
+    """(name, epoch, path) of every result file in `directory`."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.iterdir()):
+        if match := _RESULT_FILE.match(path.name):
+            yield match["name"], int(match["epoch"]), path
+
+
+def _read_results(directory: Path) -> dict[int, dict[str, float]]:
+    """epoch -> flattened columns of every applicable result file in `directory`."""
+    by_epoch: dict[int, dict[str, float]] = defaultdict(dict)
+    for name, epoch, path in _result_files(directory):
+        result = read_json(path)
+        if result.get("applicable", True) is False:
+            continue
+        by_epoch[epoch].update(flatten(result, name))
+    return by_epoch
+
+
+def _grid_point_results(population: Population) -> dict[str, dict[int, dict[str, float]]]:
+    root = population.path / "landscape"
+    if not root.is_dir():
+        return {}
+    return {d.name: _read_results(d) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def _record_columns(record: dict[str, Any], taken: set[str]) -> dict[str, float]:
+    """The numeric entries of a training record; see the module docstring for what is left out
+    and renamed."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key == "epoch" or key in _TUNE_BOOKKEEPING:
+            continue
+        if value is None or _is_number(value):
+            name = f"record.{key}" if key in taken else key
+            out[name] = math.nan if value is None else float(value)
+    return out
+
+
+def _config_columns(run: Run) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{name}.{key}")
+        elif value is None or isinstance(value, bool | int | float | str):
+            out[name] = value
+        else:  # lists: one cell, as JSON
+            out[name] = json.dumps(value, default=str)
+
+    for key, value in run.config.items():
+        if key not in GRID_KEYS and key not in ("dataset", "model"):
+            walk(value, f"config.{key}")
+    return out
+
+
+def _run_rows(
+    run: Run, grid_results: dict[int, dict[str, float]], results: set[str]
+) -> list[dict[str, Any]]:
+    """The rows of `run`; the names of its result columns are added to `results`."""
+    identity = {
+        "run": run.name,
+        "grid_point": run.grid_point,
+        "format": run.format,
+        "dataset": run.config.get("dataset"),
+        "model": run.config.get("model"),
+        **run.grid,
+    }
+    config = _config_columns(run)
+    taken = set(identity) | set(IDENTITY)
+    records = {int(r["epoch"]): _record_columns(r, taken) for r in run.records}
+    own = _read_results(run.path / "landscape")
+    for columns in [*own.values(), *grid_results.values()]:
+        results.update(columns)
+    rows = []
+    for epoch in sorted(set(records) | set(own) | set(grid_results)):
+        record = records.get(epoch, {})
+        gap = record.get("train_acc", math.nan) - record.get("test_acc", math.nan)
+        rows.append(
+            {
+                **identity,
+                "epoch": epoch,
+                **record,
+                "generalization_gap": gap,
+                **own.get(epoch, {}),
+                **grid_results.get(epoch, {}),
+                **config,
+            }
+        )
+    return rows
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Identity first, the run's config last, measurements in between."""
+    config = [c for c in table.columns if c.startswith("config.")]
+    middle = [c for c in table.columns if c not in IDENTITY and c not in config]
+    return table[[c for c in IDENTITY if c in table.columns] + middle + config]
+
+
+def _phase_position(table: pd.DataFrame) -> int:
+    config = [i for i, c in enumerate(table.columns) if c.startswith("config.")]
+    return config[0] if config else len(table.columns)
