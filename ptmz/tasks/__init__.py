@@ -12,6 +12,7 @@ from ptmz.errors import choose
 # task name -> "module:function", imported on use so a training job loads no metric code
 TASKS = {
     "train": "ptmz.tasks.train:train",
+    "status": "ptmz.tasks.status:status",
     "hessian": "ptmz.tasks.hessian:hessian",
     "cka": "ptmz.tasks.pairs:cka",
     "curve": "ptmz.tasks.pairs:curve",

@@ -1,0 +1,51 @@
+"""task=status: the zoo's sweep grid with the state of every run (run it without -m)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ptmz.errors import ConfigError
+from ptmz.tasks.train import RUN_KEYS, spec_from_config
+from ptmz.zoo.population import GRID_KEYS
+from ptmz.zoo.status import RunStatus, status_grid
+
+
+def sweep_grid(cfg: DictConfig) -> list[dict[str, object]]:
+    """Every combination of the zoo's sweep (`hydra.sweeper.params`), with the values named on
+    the command line in place of the zoo's: `width=8` narrows the grid, `seed=[0,1,2]` (a list:
+    Hydra accepts commas only with -m) extends it."""
+    axes: dict[str, list] = {}
+    for key, text in (HydraConfig.get().sweeper.params or {}).items():
+        if "(" in str(text):
+            raise ConfigError(key, text, "a comma-separated list (status expands no functions)")
+        axes[key] = [yaml.safe_load(item) for item in str(text).split(",")]
+    for override in HydraConfig.get().overrides.task:
+        key, _, text = override.partition("=")
+        if key in axes or key in RUN_KEYS:
+            value = yaml.safe_load(text)
+            axes[key] = value if isinstance(value, list) else [value]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def status(cfg: DictConfig) -> dict[str, int]:
+    expected = {}
+    for point in sweep_grid(cfg):
+        point_cfg = cfg.copy()
+        for key, value in point.items():
+            OmegaConf.update(point_cfg, key, value)
+        spec = spec_from_config(point_cfg)
+        expected[spec.run_dir.resolve()] = {k: getattr(spec, k) for k in GRID_KEYS}
+    zoo = Path(cfg.out_dir) / cfg.zoo_name
+    for config in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo
+        path = config.parent.resolve()
+        if path not in expected:
+            run_config = yaml.safe_load(config.read_text())
+            expected[path] = {k: run_config.get(k) for k in GRID_KEYS}
+    runs = [RunStatus.of(path, grid) for path, grid in expected.items()]
+    print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))
+    return {state: sum(r.state == state for r in runs) for state in {r.state for r in runs}}
