@@ -3,6 +3,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ptmz.errors import PtmzError
@@ -14,6 +16,8 @@ def main(cfg: DictConfig):
     try:
         return run_task(cfg)
     except PtmzError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper runs the other jobs, then lists every failure
         print(f"ptmz: error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -99,12 +100,26 @@ def test_relaunched_sweep_trains_nothing(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "digits_resnet18").iterdir())
     assert len(runs) == 4 and all(r.startswith("w2_bs") for r in runs)  # 2 batch sizes x 2 seeds
     assert all(RunDir(tmp_path / "digits_resnet18" / r).state == "done" for r in runs)
-    second = launch(*grid)
+    second = launch(*grid, "batch_size=128,256,512")  # one new grid point
     assert second.returncode == 0
     log = second.stdout + second.stderr
-    assert log.count("already done, skipped") == 4 and "epoch 1/1" not in log
+    # finished runs are filtered out before launch: only the new ones become jobs
+    assert "4 of 6 runs already finished: not launched" in log
+    assert "Launching 2 jobs" in log and log.count("epoch 1/1") == 2
     # Hydra's own output holds logs only, under out_dir/logs
     assert {p.name for p in tmp_path.iterdir()} == {"digits_resnet18", "logs"}
+
+
+def test_sweep_runs_every_job_and_reports_the_failed_ones(tmp_path):
+    grid = ("-m", f"out_dir={tmp_path}", "width=2", "seed=0", "epochs=1")
+    result = launch(*grid, "batch_size=9999,16", "hydra.sweeper.max_batch_size=1")
+    assert result.returncode == 1
+    log = result.stdout + result.stderr
+    assert log.count("Launching 1 jobs") == 2  # batches of at most max_batch_size jobs
+    assert re.search(r"failed: .*batch_size=9999.*: ConfigError: batch_size=9999 is not", log)
+    assert "ptmz: 1 of 2 jobs failed" in log
+    (run,) = (tmp_path / "digits_resnet18").iterdir()  # the failure did not stop the sweep
+    assert RunDir(run).state == "done"
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):

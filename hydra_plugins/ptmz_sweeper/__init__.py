@@ -1,0 +1,76 @@
+"""ptmz's Hydra sweeper: the basic sweeper's grid, minus the training runs that are already
+finished (done or diverged), so a relaunched or resubmitted sweep queues only what is left and
+finished runs never occupy a SLURM array slot. Jobs are launched in batches of at most
+`max_batch_size` (one SLURM array each: keep it under the cluster's MaxArraySize). After the
+launch it reports how many jobs failed, and fails itself if any did."""
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PtmzSweeperConf:
+    _target_: str = "hydra_plugins.ptmz_sweeper.PtmzSweeper"
+    max_batch_size: int | None = 1000
+    params: dict[str, str] | None = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ptmz", node=PtmzSweeperConf)
+
+
+class PtmzSweeper(BasicSweeper):
+    def split_arguments(self, overrides: list, max_batch_size: int | None) -> list[list[list[str]]]:
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        todo = [job for job in jobs if not self._finished(job)]
+        if len(todo) < len(jobs):
+            log.info(
+                "%d of %d runs already finished: not launched", len(jobs) - len(todo), len(jobs)
+            )
+        return list(BasicSweeper.split_overrides_to_chunks(todo, max_batch_size)) if todo else []
+
+    def _finished(self, job: list[str]) -> bool:
+        """Whether `job` is a training run whose directory says done or diverged."""
+        from ptmz.tasks.train import spec_from_config
+        from ptmz.zoo.rundir import FINISHED, RunDir
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        if cfg.task.name != "train":
+            return False
+        try:
+            return RunDir(spec_from_config(cfg).run_dir).state in FINISHED
+        except Exception:  # an invalid job is launched, and reports its own error
+            return False
+
+    def sweep(self, arguments: list[str]) -> list:
+        """Launch every batch, then report the failed jobs (the basic sweeper raises at the
+        first failure it reads, hiding how many others failed)."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        batches = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, failed, launched = [], [], 0
+        for batch in batches:
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=launched)
+            launched += len(batch)
+            failed += [r for r in results if r.status == JobStatus.FAILED]
+            returns.append(results)
+        for result in failed:
+            error = result._return_value  # the exception the job raised
+            log.error("failed: %s: %s: %s", " ".join(result.overrides), type(error).__name__, error)
+        if failed:
+            sys.exit(f"ptmz: {len(failed)} of {launched} jobs failed (listed above)")
+        log.info("%d jobs launched, none failed", launched)
+        return returns
