@@ -1,0 +1,132 @@
+"""The submitit launchers end to end: a sweep through a real single-node SLURM cluster
+(scripts/slurm_cluster.sh: real sbatch, slurmctld and slurmd on localhost) and through parallel
+local processes, leaving the same run directories as a local sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptmz.zoo import RunDir
+
+from conftest import ROOT, launch, popen_launch
+
+CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
+CANNOT_INSTALL = 3  # the script's exit status when SLURM is missing and cannot be installed
+
+# A CPU-only node has no GRES: drop the launcher's GPU request and ask for what a digits run needs.
+CPU_ONLY = [
+    "hydra.launcher.gpus_per_task=null",
+    "hydra.launcher.cpus_per_gpu=null",
+    "hydra.launcher.mem_per_gpu=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    # well above submitit's USR2 delay (120 s) plus SLURM's up-to-60-s early signal
+    "hydra.launcher.timeout_min=10",
+]
+SWEEP = ["zoo=digits_resnet18", "width=2", "batch_size=64", "seed=0,1", "epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running cluster under a temporary directory; yields that directory."""
+    root = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(
+        ["bash", str(CLUSTER), "start", str(root)], capture_output=True, text=True, timeout=300
+    )
+    if start.returncode == CANNOT_INSTALL:
+        pytest.skip(f"SLURM is not installed and cannot be installed: {start.stderr.strip()}")
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert f"export SLURM_CONF={root}/slurm.conf" in start.stdout
+    try:
+        yield root
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(root)], timeout=60, check=True)
+
+
+@pytest.fixture
+def slurm_env(slurm_cluster, monkeypatch):
+    """The client environment the start command prints: launch() passes os.environ on."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster / "slurm.conf"))
+    # the sacct stand-in first: without slurmdbd the real sacct fails
+    monkeypatch.setenv("PATH", f"{slurm_cluster / 'bin'}:{os.environ['PATH']}")
+    return slurm_cluster
+
+
+def runs(out: Path) -> list[RunDir]:
+    return [RunDir(p) for p in sorted((out / "digits_resnet18").iterdir())]
+
+
+def assert_done(out: Path, epochs: int = 1) -> list[RunDir]:
+    found = runs(out)
+    assert [r.path.name.split("-")[0] for r in found] == ["w2_bs64_s0", "w2_bs64_s1"]
+    for run in found:
+        assert run.state == "done", run.status
+        assert run.checkpoint_epochs == list(range(epochs + 1))
+    return found
+
+
+def test_sweep_through_slurm(slurm_env, tmp_path):
+    result = launch("launcher=slurm", *SWEEP, *CPU_ONLY, f"out_dir={tmp_path}", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_done(tmp_path)
+    # the jobs ran as the two tasks of one SLURM array job: submitit's logs are named after them
+    logs = sorted(p.name for p in tmp_path.glob("logs/*/.submitit/*/*_log.out"))
+    assert len(logs) == 2 and logs[0].endswith("_0_0_log.out"), logs
+    # and SLURM saw both tasks finish (the job outlives its result file by a moment)
+    array_id = logs[0].split("_")[0]
+    done = {f"{array_id}_0": "COMPLETED", f"{array_id}_1": "COMPLETED"}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = subprocess.run(
+            ["squeue", "--noheader", "--states=all", f"--jobs={array_id}", "--format=%i %T"],
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
+        jobs = dict(line.split() for line in lines)
+        if jobs == done:
+            break
+        time.sleep(0.5)
+    assert jobs == done
+
+
+def test_sweep_in_local_processes(tmp_path):
+    # long enough (several seconds) that both runs overlap even on a busy machine
+    result = launch("launcher=submitit_local", *SWEEP, "epochs=5", f"out_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    a, b = assert_done(tmp_path, epochs=5)
+    # in parallel: each run started (epoch-0 weights) before the other finished (final status)
+    start = [(r.path / "checkpoints" / "epoch_0000.safetensors").stat().st_mtime for r in (a, b)]
+    end = [(r.path / "status.json").stat().st_mtime for r in (a, b)]
+    assert start[0] < end[1] and start[1] < end[0], (start, end)
+
+
+def test_requeued_job_resumes_to_the_same_weights(slurm_env, tmp_path):
+    """SLURM requeues a preempted job from scratch; the run must resume from its checkpoint and
+    end with the weights of an uninterrupted run."""
+    args = ["width=2", "batch_size=16", "seed=3", "epochs=6"]
+    reference = launch(*args, f"out_dir={tmp_path}/straight")
+    assert reference.returncode == 0, reference.stderr
+    sweep = popen_launch("launcher=slurm", *args, *CPU_ONLY, f"out_dir={tmp_path}/requeued")
+    zoo = tmp_path / "requeued" / "digits_resnet18"
+    deadline = time.monotonic() + 240
+    while not list(zoo.glob("*/checkpoints/state_0001.pt")):  # mid-run: epoch 1 of 6 saved
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job = subprocess.run(
+        ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["scontrol", "requeue", *job], check=True)
+    assert sweep.wait(timeout=300) == 0
+    (resumed,) = runs(tmp_path / "requeued")
+    (straight,) = runs(tmp_path / "straight")
+    assert resumed.state == "done"
+    logs = "".join(p.read_text() for p in (tmp_path / "requeued" / "logs").rglob("*.log"))
+    assert "resuming after epoch" in logs  # killed, restarted by SLURM, resumed
+    for key, value in straight.load_weights(6).items():
+        assert torch.equal(resumed.load_weights(6)[key], value), key
