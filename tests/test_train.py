@@ -104,10 +104,27 @@ def test_relaunched_sweep_trains_nothing(tmp_path):
     assert second.returncode == 0
     log = second.stdout + second.stderr
     # finished runs are filtered out before launch: only the new ones become jobs
-    assert "4 of 6 runs already finished: not launched" in log
+    assert "4 of 6 jobs already finished: not launched" in log
     assert "Launching 2 jobs" in log and log.count("epoch 1/1") == 2
     # Hydra's own output holds logs only, under out_dir/logs
     assert {p.name for p in tmp_path.iterdir()} == {"digits_resnet18", "logs"}
+
+
+def test_packed_runs_share_a_job(tmp_path):
+    grid = ("-m", f"out_dir={tmp_path}", "width=2", "batch_size=128,256", "seed=[0,1]")
+    first = launch(*grid, "epochs=1")
+    assert first.returncode == 0, first.stderr
+    assert "Launching 2 jobs" in first.stdout + first.stderr  # one per batch size
+    runs = [RunDir(p) for p in (tmp_path / "digits_resnet18").iterdir()]
+    assert sorted(r.path.name.split("-")[0] for r in runs) == [
+        "w2_bs128_s0",
+        "w2_bs128_s1",
+        "w2_bs256_s0",
+        "w2_bs256_s1",
+    ]
+    assert all(r.state == "done" for r in runs)
+    again = launch(*grid, "epochs=1")
+    assert "2 of 2 jobs already finished: not launched" in again.stdout + again.stderr
 
 
 def test_sweep_runs_every_job_and_reports_the_failed_ones(tmp_path):

@@ -34,20 +34,22 @@ class PtmzSweeper(BasicSweeper):
         todo = [job for job in jobs if not self._finished(job)]
         if len(todo) < len(jobs):
             log.info(
-                "%d of %d runs already finished: not launched", len(jobs) - len(todo), len(jobs)
+                "%d of %d jobs already finished: not launched", len(jobs) - len(todo), len(jobs)
             )
         return list(BasicSweeper.split_overrides_to_chunks(todo, max_batch_size)) if todo else []
 
     def _finished(self, job: list[str]) -> bool:
-        """Whether `job` is a training run whose directory says done or diverged."""
-        from ptmz.tasks.train import spec_from_config
+        """Whether `job` trains runs (one, or several packed) whose directories all say done
+        or diverged."""
+        from ptmz.tasks.train import packed_configs, spec_from_config
         from ptmz.zoo.rundir import FINISHED, RunDir
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
         if cfg.task.name != "train":
             return False
         try:
-            return RunDir(spec_from_config(cfg).run_dir).state in FINISHED
+            runs = [RunDir(spec_from_config(c).run_dir) for c in packed_configs(cfg)]
+            return all(run.state in FINISHED for run in runs)
         except Exception:  # an invalid job is launched, and reports its own error
             return False
 

@@ -1,6 +1,8 @@
-"""task=train: one training run of the configured zoo grid point."""
+"""task=train: the training runs of one job, one grid point or several packed together."""
 
 from __future__ import annotations
+
+import itertools
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,5 +41,33 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
     )
 
 
-def train(cfg: DictConfig) -> str:
-    return train_run(spec_from_config(cfg))
+PACKABLE = ("width", "batch_size", "lr", "data_fraction", "seed", "subset_seed")
+
+
+def packed_configs(cfg: DictConfig) -> list[DictConfig]:
+    """The runs of one job. A list value of a grid key (`seed=[0,1,2]`) packs every combination
+    of the list values into the job, trained one after another, so small models share one job
+    (and its GPU) instead of holding one each."""
+    lists = {key: list(cfg[key]) for key in PACKABLE if OmegaConf.is_list(cfg[key])}
+    configs = []
+    for values in itertools.product(*lists.values()):
+        run_cfg = cfg.copy()
+        for key, value in zip(lists, values, strict=True):
+            run_cfg[key] = value
+        configs.append(run_cfg)
+    return configs
+
+
+def train(cfg: DictConfig) -> str | list[str]:
+    """Train the job's runs; a failing run (marked `failed` in its directory) does not stop the
+    others, and the first failure is raised after all have been tried."""
+    states, failures = [], []
+    for run_cfg in packed_configs(cfg):
+        try:
+            states.append(train_run(spec_from_config(run_cfg)))
+        except Exception as error:
+            states.append("failed")
+            failures.append(error)
+    if failures:
+        raise failures[0]
+    return states[0] if len(states) == 1 else states
