@@ -14,6 +14,9 @@ class ConfigError(PtmzError, ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
+    def __reduce__(self) -> tuple:  # a cluster job pickles its error back to the launcher
+        return type(self), (self.key, self.value, self.allowed)
+
 
 def choose(key: str, value: str, options: dict[str, Any]) -> Any:
     """Look `value` up in a registry, failing with the list of valid names."""

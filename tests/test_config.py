@@ -136,3 +136,19 @@ def test_config_files_exist_for_every_registry_name():
         assert {p.stem for p in Path(ROOT / "conf" / group).glob("*.yaml")} == set(names)
     tasks = Path(ROOT / "conf" / "task").glob("*.yaml")
     assert set(TASKS) <= {p.stem for p in tasks}  # presets such as hessian_published may add
+
+
+def test_errors_survive_pickling_back_from_a_cluster_job():
+    """submitit pickles a job's exception to hand it to the launcher."""
+    import pickle
+    from pathlib import Path
+
+    from ptmz.data import DatasetNotFound
+    from ptmz.errors import ConfigError
+
+    for error in (
+        ConfigError("batch_size", 9999, "at most 1347"),
+        DatasetNotFound("cifar10", Path("data"), "Download it.", "no batches"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)

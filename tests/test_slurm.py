@@ -5,6 +5,7 @@ local processes, leaving the same run directories as a local sweep."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -130,3 +131,19 @@ def test_requeued_job_resumes_to_the_same_weights(slurm_env, tmp_path):
     assert "resuming after epoch" in logs  # killed, restarted by SLURM, resumed
     for key, value in straight.load_weights(6).items():
         assert torch.equal(resumed.load_weights(6)[key], value), key
+
+
+def test_population_task_and_failures_through_slurm(slurm_env, digits_population, tmp_path):
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    result = launch("launcher=slurm", "task=cka", f"population={population}", *CPU_ONLY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list(population.glob("landscape/*/cka_epoch_0003.json"))) == 2
+
+    sweep = ["width=2", "batch_size=9999,64", "seed=0", "epochs=1", f"out_dir={tmp_path}"]
+    failed = launch("launcher=slurm", *sweep, *CPU_ONLY)
+    assert failed.returncode == 1
+    log = failed.stdout + failed.stderr
+    assert "ConfigError: batch_size=9999 is not allowed" in log
+    assert "ptmz: 1 of 2 jobs failed" in log
+    (run,) = runs(tmp_path)
+    assert run.state == "done"

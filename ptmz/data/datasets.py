@@ -18,11 +18,15 @@ from ptmz.errors import PtmzError, choose
 
 class DatasetNotFound(PtmzError):
     def __init__(self, name: str, root: Path, how: str, reason: str = "") -> None:
+        self.arguments = (name, root, how, reason)
         detail = f" ({reason})" if reason else ""
         super().__init__(
             f"dataset={name}: not found in {root}{detail}. {how} "
             f"Point data_root=... at the folder that holds it."
         )
+
+    def __reduce__(self) -> tuple:  # a cluster job pickles its error back to the launcher
+        return type(self), self.arguments
 
 
 @dataclass(frozen=True)
