@@ -6,6 +6,9 @@
 #   scripts/slurm_cluster.sh status DIR   sinfo / squeue of that cluster
 #   scripts/slurm_cluster.sh stop DIR     kill its daemons by PID
 #
+# MAX_ARRAY_SIZE=N in the environment of `start` sets the cluster's MaxArraySize (default 1001),
+# e.g. small, to try sweeps larger than one array may be.
+#
 # Everything (config, keys, sockets, state, logs, PID files) lives under DIR, so several clusters
 # can coexist on one machine. Written for a root shell without systemd or cgroups (containers):
 # the daemons are started by hand and processes are tracked by /proc, not cgroups.
@@ -88,7 +91,7 @@ EnforcePartLimits=ALL
 SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 MailProg=/bin/true
-MaxArraySize=1001
+MaxArraySize=${MAX_ARRAY_SIZE:-1001}
 MinJobAge=300
 # a preempted or requeued job gets SIGTERM, then SIGKILL this many seconds later (submitit
 # ignores SIGTERM): short, so a requeue kills the job mid-run as a real preemption does

@@ -30,6 +30,7 @@ CPU_ONLY = [
     # well above submitit's USR2 delay (120 s) plus SLURM's up-to-60-s early signal
     "hydra.launcher.timeout_min=10",
 ]
+MAX_ARRAY_SIZE = 2  # array indices 0..1: a 3-job sweep needs two arrays
 SWEEP = ["zoo=digits_resnet18", "width=2", "batch_size=64", "seed=0,1", "epochs=1"]
 
 
@@ -38,7 +39,11 @@ def slurm_cluster(tmp_path_factory):
     """A running cluster under a temporary directory; yields that directory."""
     root = tmp_path_factory.mktemp("slurm")
     start = subprocess.run(
-        ["bash", str(CLUSTER), "start", str(root)], capture_output=True, text=True, timeout=300
+        ["bash", str(CLUSTER), "start", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MAX_ARRAY_SIZE": str(MAX_ARRAY_SIZE)},
     )
     if start.returncode == CANNOT_INSTALL:
         pytest.skip(f"SLURM is not installed and cannot be installed: {start.stderr.strip()}")
@@ -139,11 +144,13 @@ def test_population_task_and_failures_through_slurm(slurm_env, digits_population
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list(population.glob("landscape/*/cka_epoch_0003.json"))) == 2
 
-    sweep = ["width=2", "batch_size=9999,64", "seed=0", "epochs=1", f"out_dir={tmp_path}"]
-    failed = launch("launcher=slurm", *sweep, *CPU_ONLY)
+    # 3 jobs on a cluster whose arrays hold 2: in batches of MaxArraySize, one array each
+    sweep = ["width=2", "batch_size=9999,64,128", "seed=0", "epochs=1", f"out_dir={tmp_path}"]
+    batches = f"hydra.sweeper.max_batch_size={MAX_ARRAY_SIZE}"
+    failed = launch("launcher=slurm", *sweep, *CPU_ONLY, batches)
     assert failed.returncode == 1
     log = failed.stdout + failed.stderr
     assert "ConfigError: batch_size=9999 is not allowed" in log
-    assert "ptmz: 1 of 2 jobs failed" in log
-    (run,) = runs(tmp_path)
-    assert run.state == "done"
+    assert "ptmz: 1 of 3 jobs failed" in log
+    assert log.count("Submitit 'slurm' sweep output dir") == 2
+    assert [r.state for r in runs(tmp_path)] == ["done", "done"]
