@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ptmz.data import Augment
+from ptmz.train import Recipe, RunSpec
 from ptmz.zoo import RunDir
 
 from conftest import ROOT, launch, popen_launch
@@ -112,9 +114,11 @@ def test_sweep_in_local_processes(tmp_path):
     assert start[0] < end[1] and start[1] < end[0], (start, end)
 
 
-def test_requeued_job_resumes_to_the_same_weights(slurm_env, tmp_path):
-    """SLURM requeues a preempted job from scratch; the run must resume from its checkpoint and
-    end with the weights of an uninterrupted run."""
+@pytest.mark.parametrize("preempt", ["usr2", "requeue"])
+def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt):
+    """A job is preempted mid-run: by USR2, which submitit answers by requeueing the job, or by
+    SLURM requeueing it (SIGTERM, then SIGKILL). The restarted job must resume the run from its
+    checkpoint and end with the weights of an uninterrupted run."""
     args = ["width=2", "batch_size=16", "seed=3", "epochs=6"]
     reference = launch(*args, f"out_dir={tmp_path}/straight")
     assert reference.returncode == 0, reference.stderr
@@ -127,7 +131,10 @@ def test_requeued_job_resumes_to_the_same_weights(slurm_env, tmp_path):
     job = subprocess.run(
         ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True
     ).stdout.split()
-    subprocess.run(["scontrol", "requeue", *job], check=True)
+    if preempt == "usr2":
+        subprocess.run(["scancel", "--signal=USR2", *job], check=True)
+    else:
+        subprocess.run(["scontrol", "requeue", *job], check=True)
     assert sweep.wait(timeout=300) == 0
     (resumed,) = runs(tmp_path / "requeued")
     (straight,) = runs(tmp_path / "straight")
@@ -144,13 +151,25 @@ def test_population_task_and_failures_through_slurm(slurm_env, digits_population
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list(population.glob("landscape/*/cka_epoch_0003.json"))) == 2
 
+    # a run whose resume checkpoint is corrupt fails inside training, after its directory exists
+    digits = Recipe(augment=Augment(crop_padding=1, hflip=False, rotation=10))
+    corrupt = RunDir(
+        RunSpec(width=2, batch_size=128, epochs=1, recipe=digits, out_dir=str(tmp_path)).run_dir
+    )
+    corrupt.checkpoints.mkdir(parents=True)
+    (corrupt.checkpoints / "epoch_0001.safetensors").write_bytes(b"torn")
+    (corrupt.checkpoints / "state_0001.pt").write_bytes(b"torn")
+
     # 3 jobs on a cluster whose arrays hold 2: in batches of MaxArraySize, one array each
     sweep = ["width=2", "batch_size=9999,64,128", "seed=0", "epochs=1", f"out_dir={tmp_path}"]
     batches = f"hydra.sweeper.max_batch_size={MAX_ARRAY_SIZE}"
     failed = launch("launcher=slurm", *sweep, *CPU_ONLY, batches)
     assert failed.returncode == 1
     log = failed.stdout + failed.stderr
-    assert "ConfigError: batch_size=9999 is not allowed" in log
-    assert "ptmz: 1 of 3 jobs failed" in log
     assert log.count("Submitit 'slurm' sweep output dir") == 2
-    assert [r.state for r in runs(tmp_path)] == ["done", "done"]
+    assert "ConfigError: batch_size=9999 is not allowed" in log  # rejected before any run dir
+    assert "ptmz: 2 of 3 jobs failed" in log
+    assert RunDir(tmp_path / "digits_resnet18" / corrupt.path.name).state == "failed"
+    assert "PtmzError: " in corrupt.status["error"] and "is unreadable" in corrupt.status["error"]
+    (done,) = [r for r in runs(tmp_path) if r.path != corrupt.path]
+    assert done.state == "done"

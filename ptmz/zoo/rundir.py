@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ptmz.errors import PtmzError
 from ptmz.io import atomic_write, read_json, write_json, write_text
 
 FINISHED = ("done", "diverged")
@@ -123,7 +124,14 @@ class RunDir:
             self.state_path(epoch).unlink()
 
     def load_state(self, epoch: int) -> dict[str, Any]:
-        return torch.load(self.state_path(epoch), weights_only=True)
+        path = self.state_path(epoch)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:  # writes are atomic: only outside damage gets here
+            raise PtmzError(
+                f"{path} is unreadable ({type(error).__name__}: {error}); "
+                f"delete {self.path} to train this run again"
+            ) from None
 
     def save_checkpoint(
         self,
