@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from PIL import Image
+from published import published_transform
 
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
@@ -40,15 +40,7 @@ def main() -> None:
 
     images = np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
     pil = [Image.fromarray(x) for x in images]
-    reference = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.RandomRotation(20),
-            T.ToTensor(),
-            T.Normalize(CIFAR_MEAN, CIFAR_STD),
-        ]
-    )
+    reference = published_transform()
     split = Split(
         torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         torch.zeros(args.batch, dtype=torch.long),

@@ -1,0 +1,208 @@
+"""One training epoch: a loop written like the published code vs ptmz's, side by side.
+
+Reference (the published zoo code's style): a torch DataLoader (shuffle, `--workers` worker
+processes) over PIL images with the per-sample torchvision pipeline RandomCrop(32, padding=4) +
+RandomHorizontalFlip + RandomRotation(20) + ToTensor + Normalize; per-parameter (foreach=False)
+SGD with momentum 0.9 and weight decay 5e-4 stepped with OneCycleLR; `loss.item()` every step.
+Ours: DeviceLoader (uint8 data on the device, batched augmentation with the same distribution)
++ `train_epoch` + the recipe's optimizer and schedule from `build_optimizer`, as `train_run`
+uses them. Same model (ResNet-18-w), batch size, lr and data.
+
+Each side trains one warm-up epoch, then `--repeats` timed epochs (the two sides alternate, so
+load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are printed.
+
+    python benchmarks/train.py [--widths 2 8 32] [--batch 128] [--images 2048] [--repeats 3]
+        [--workers 2] [--threads 0] [--device auto] [--data synthetic|cifar10 --data-root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from published import published_transform
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ptmz.data import DatasetNotFound, DeviceLoader, Split, load_dataset
+from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.models import build_model
+from ptmz.train.loop import build_optimizer, data_generator, resolve_device, train_epoch
+from ptmz.train.spec import Recipe
+
+
+class PILDataset(Dataset):
+    """Images as PIL, transformed one sample at a time (a torchvision CIFAR10 dataset's way)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images = [Image.fromarray(x) for x in images]  # (H, W, C) uint8 each
+        self.labels = [int(y) for y in labels]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_data(args) -> tuple[Split, str]:
+    """A training split of `args.images` uint8 CIFAR-sized images, and what it is."""
+    if args.data == "cifar10":
+        try:
+            data = load_dataset("cifar10", args.data_root, download=False)
+        except DatasetNotFound as missing:
+            sys.exit(f"--data cifar10: {missing}")
+        n = min(args.images, len(data.train))
+        split = Split(data.train.images[:n].contiguous(), data.train.labels[:n].clone())
+        return split, f"CIFAR-10 from {args.data_root}, first {n} training images"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, args.images)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+    return split, f"synthetic: {args.images} random 32x32x3 uint8 images, 10 classes"
+
+
+def make_model(width: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)  # both sides start from the same weights
+    return build_model("resnet18", width, 3, 10).to(device)
+
+
+class Reference:
+    """The published code's training loop, one epoch per call."""
+
+    def __init__(self, split: Split, width: int, args, device: torch.device, epochs: int):
+        transform = published_transform()
+        images = split.images.permute(0, 2, 3, 1).numpy()
+        self.loader = DataLoader(
+            PILDataset(images, split.labels.numpy(), transform),
+            batch_size=args.batch,
+            shuffle=True,
+            num_workers=args.workers,
+            generator=torch.Generator().manual_seed(0),
+        )
+        self.device = device
+        self.model = make_model(width, device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            args.lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+            foreach=False,
+        )
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=args.lr, epochs=epochs, steps_per_epoch=len(self.loader)
+        )
+        self.criterion = nn.CrossEntropyLoss()
+
+    def epoch(self) -> float:
+        self.model.train()
+        running_loss, n = 0.0, 0
+        for x, y in self.loader:
+            x, y = x.to(self.device), y.to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.criterion(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            running_loss += loss.item() * len(y)
+            n += len(y)
+        return running_loss / n
+
+
+class Ptmz:
+    """ptmz's training epoch, set up the way `train_run` sets it up."""
+
+    def __init__(self, split: Split, width: int, args, device: torch.device, epochs: int):
+        recipe = Recipe()  # the published recipe: SGD 0.9 / 5e-4, OneCycle, crop+flip+rot20
+        self.loader = DeviceLoader(
+            split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(0)
+        )
+        self.model = make_model(width, device)
+        self.optimizer, self.schedule = build_optimizer(
+            self.model, recipe, args.lr, epochs, len(self.loader)
+        )
+
+    def epoch(self) -> float:
+        return train_epoch(self.model, self.loader, self.optimizer, self.schedule)
+
+
+def timed(run, device: torch.device) -> tuple[float, float]:
+    synchronize(device)
+    began = time.perf_counter()
+    loss = run.epoch()
+    synchronize(device)
+    return time.perf_counter() - began, loss
+
+
+def describe_machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    where = f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads"
+    if device.type == "cuda":
+        where += f"; {torch.cuda.get_device_name(device)}"
+    return (
+        f"{where}; device {device}; torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--images", type=int, default=2048, help="training images per epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per side")
+    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
+    parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    split, what = load_data(args)
+    epochs = 1 + args.repeats  # warm-up + timed; the OneCycle schedules cover them all
+    steps = -(-len(split) // args.batch)
+    print(describe_machine(device))
+    print(f"data: {what}")
+    print(
+        f"ResNet-18-w, batch {args.batch}, {steps} steps/epoch, lr {args.lr}, reference "
+        f"DataLoader workers {args.workers}; 1 warm-up epoch, median of {args.repeats} epochs"
+    )
+    print(f"{'width':>5}  {'reference s/epoch':>17}  {'ptmz s/epoch':>12}  {'speed-up':>8}")
+    for width in args.widths:
+        sides = {
+            "reference": Reference(split, width, args, device, epochs),
+            "ptmz": Ptmz(split, width, args, device, epochs),
+        }
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for run in sides.values():
+            timed(run, device)  # warm-up
+        for _ in range(args.repeats):
+            for name, run in sides.items():
+                seconds, loss = timed(run, device)
+                if not np.isfinite(loss):
+                    sys.exit(f"width {width}: {name} loss is not finite ({loss})")
+                times[name].append(seconds)
+        ref, ours = (statistics.median(times[name]) for name in sides)
+        print(f"{width:>5}  {ref:>17.3f}  {ours:>12.3f}  {ref / ours:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
