@@ -147,8 +147,10 @@ def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt)
 
 def test_population_task_and_failures_through_slurm(slurm_env, digits_population, tmp_path):
     population = shutil.copytree(digits_population, tmp_path / "zoo")
-    result = launch("launcher=slurm", "task=cka", f"population={population}", *CPU_ONLY)
+    shards = ["num_shards=2", "shard=0,1"]  # two jobs, each its share of the grid points
+    result = launch("launcher=slurm", "task=cka", f"population={population}", *shards, *CPU_ONLY)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 jobs launched, none failed" in result.stdout + result.stderr
     assert len(list(population.glob("landscape/*/cka_epoch_0003.json"))) == 2
 
     # a run whose resume checkpoint is corrupt fails inside training, after its directory exists

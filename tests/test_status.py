@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+from ptmz.data import Augment
+from ptmz.train import Recipe, RunSpec
+from ptmz.zoo import RunDir
+
 from conftest import launch
 
 
@@ -17,12 +21,18 @@ def test_status_shows_every_run_of_the_grid(digits_population, tmp_path):
     (runs["w4_bs64_s0"] / "status.json").write_text(
         json.dumps({"state": "failed", "epoch": 1, "epochs": 3, "error": "OutOfMemoryError: x"})
     )
-    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1]", "epochs=3"]
+    digits = Recipe(augment=Augment(crop_padding=1, hflip=False, rotation=10))
+    spec = RunSpec(width=4, batch_size=32, seed=2, epochs=3, recipe=digits, out_dir=str(tmp_path))
+    diverged = RunDir(spec.run_dir)
+    diverged.create(spec.to_dict())
+    diverged.write_status("diverged", epoch=1, epochs=3)
+    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1,2]", "epochs=3"]
     result = launch("task=status", f"out_dir={tmp_path}", *grid)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("batch_size \\ width"))
-    assert lines[header + 1].split() == ["32", "D", "R2/3"]  # seed 0 done, seed 1 at epoch 2
-    assert lines[header + 2].split() == ["64", "F", "."]  # seed 1 was never launched
-    assert "4 runs: 1 done, 1 running, 1 failed, 1 not started" in result.stdout
+    # seeds 0, 1, 2 in order: done, at epoch 2 of 3, diverged; failed and never launched
+    assert lines[header + 1].split() == ["32", "D", "R2/3", "X"]
+    assert lines[header + 2].split() == ["64", "F", ".", "."]
+    assert "6 runs: 1 done, 1 running, 1 failed, 1 diverged, 2 not started" in result.stdout
     assert f"failed: {runs['w4_bs64_s0'].resolve()}: OutOfMemoryError: x" in result.stdout
