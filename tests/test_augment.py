@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from ptmz.data.augment import Augment, augment_batch, random_crop, random_hflip, rotate
+from ptmz.data.augment import Augment, apply, augment_batch, crop, draw, hflip, rotate
 
 
 @pytest.fixture
@@ -18,7 +18,8 @@ def images():
 
 
 def test_crop_is_a_window_of_the_zero_padded_image(images):
-    out = random_crop(images, 2, torch.Generator().manual_seed(1))
+    offsets = draw(len(images), Augment(2, False, 0), torch.Generator().manual_seed(1)).offsets
+    out = crop(images, 2, offsets)
     padded = F.pad(images, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(images)):
@@ -35,7 +36,9 @@ def test_crop_is_a_window_of_the_zero_padded_image(images):
 
 def test_flip_flips_about_half_the_samples(images):
     batch = images.repeat(8, 1, 1, 1)
-    out = random_hflip(batch, torch.Generator().manual_seed(2))
+    out = hflip(
+        batch, draw(len(batch), Augment(0, True, 0), torch.Generator().manual_seed(2)).flips
+    )
     flipped = [torch.equal(o, b.flip(-1)) for o, b in zip(out, batch, strict=True)]
     kept = [torch.equal(o, b) for o, b in zip(out, batch, strict=True)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -65,3 +68,21 @@ def test_augment_batch_is_reproducible_from_the_generator(images):
     assert a.dtype == torch.float32 and a.shape == images.shape
     assert torch.equal(a, b)
     assert torch.equal(augment_batch(images, Augment(0, False, 0), None), images.float())
+
+
+def test_batched_pipeline_equals_torchvision_per_sample_for_the_same_draws(images):
+    """RandomCrop(padding) + RandomHorizontalFlip + RandomRotation, one image at a time through
+    torchvision's functional ops with each sample's draws, equals the batched result exactly."""
+    spec = Augment(crop_padding=4, hflip=True, rotation=20)
+    draws = draw(len(images), spec, torch.Generator().manual_seed(7))
+    ours = apply(images, spec, draws)
+    h, w = images.shape[-2:]
+    for i, image in enumerate(images):
+        dy, dx = draws.offsets[:, i].tolist()
+        theirs = TF.crop(TF.pad(image, [4]), dy, dx, h, w)
+        if draws.flips[i]:
+            theirs = TF.hflip(theirs)
+        angle = float(draws.angles[i])
+        theirs = TF.rotate(theirs.float(), angle, interpolation=TF.InterpolationMode.NEAREST)
+        assert torch.equal(ours[i], theirs), i
+    assert 0 < int(draws.flips.sum()) < len(images)  # both branches were exercised

@@ -19,19 +19,43 @@ class Augment:
     rotation: float = 20.0  # RandomRotation(rotation): angle uniform in [-rotation, rotation]
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Draws:
+    """The random choices for a batch, one per sample: crop offsets (dy, dx) into the padded
+    image, whether to flip, and a rotation angle in degrees (None: that step is off)."""
+
+    offsets: torch.Tensor | None  # (2, N) in [0, 2 * padding]
+    flips: torch.Tensor | None  # (N,) bool
+    angles: torch.Tensor | None  # (N,) float64
+
+
+def draw(n: int, augment: Augment, generator: torch.Generator) -> Draws:
+    """Independent draws for `n` samples, with the distributions of torchvision's RandomCrop,
+    RandomHorizontalFlip(0.5) and RandomRotation."""
+    offsets = flips = angles = None
+    if augment.crop_padding:
+        offsets = torch.randint(0, 2 * augment.crop_padding + 1, (2, n), generator=generator)
+    if augment.hflip:
+        flips = torch.rand(n, generator=generator) < 0.5
+    if augment.rotation:
+        uniform = torch.rand(n, generator=generator, dtype=torch.float64)
+        angles = (uniform * 2 - 1) * augment.rotation
+    return Draws(offsets, flips, angles)
+
+
+def crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Each sample's window at (dy, dx) of its zero-padded image, the input's size."""
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy, dx = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    dy, dx = offsets.to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+def hflip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -49,19 +73,20 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def random_rotation(x: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
-    """RandomRotation(degrees): an angle uniform in [-degrees, degrees] per image."""
-    angles = (torch.rand(x.shape[0], generator=generator, dtype=torch.float64) * 2 - 1) * degrees
-    return rotate(x, angles)
+def apply(x: torch.Tensor, augment: Augment, draws: Draws) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 255]: crop, flip, then rotate, as drawn."""
+    if draws.offsets is not None:
+        x = crop(x, augment.crop_padding, draws.offsets)
+    if draws.flips is not None:
+        x = hflip(x, draws.flips)
+    x = x.float()
+    if draws.angles is not None:
+        x = rotate(x, draws.angles)
+    return x
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> augmented float32 in [0, 255]."""
-    if augment.crop_padding:
-        x = random_crop(x, augment.crop_padding, generator)
-    if augment.hflip:
-        x = random_hflip(x, generator)
-    x = x.float()
-    if augment.rotation:
-        x = random_rotation(x, augment.rotation, generator)
-    return x
+    """uint8 (N, C, H, W) -> augmented float32 in [0, 255], fresh draws per sample."""
+    if not (augment.crop_padding or augment.hflip or augment.rotation):
+        return x.float()
+    return apply(x, augment, draw(len(x), augment, generator))
