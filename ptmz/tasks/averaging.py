@@ -3,6 +3,8 @@ point)."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ from ptmz.averaging import (
     wiseft_summary,
 )
 from ptmz.averaging.align import METHODS
-from ptmz.data import DeviceLoader, load_dataset
+from ptmz.data import DeviceLoader, ImageDataset, load_dataset
 from ptmz.errors import ConfigError
 from ptmz.tasks.pairs import grid_point_task
 from ptmz.tasks.population import (
@@ -114,9 +116,10 @@ def average_seeds(cfg: DictConfig) -> dict[str, int]:
         raise ConfigError("task.method", t.method, " or ".join(METHODS))
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
-        individual = mean_over([measure(ws, r.load_model(epoch).to(ws.device), r) for r in runs])
-        states = [r.state_dict(epoch) for r in runs]
-        model = runs[0].load_model(epoch).to(ws.device)
+        models = [r.load_model(epoch).to(ws.device) for r in runs]
+        individual = mean_over([measure(ws, m, r) for m, r in zip(models, runs, strict=True)])
+        states = [m.state_dict() for m in models]
+        model = copy.deepcopy(models[0])  # loaded with the averages; `states` stay untouched
         train = ws.train_split(runs[0])  # the seeds of a grid point share their training data
         inputs = [x for x, _ in ws.loader(train, 256, t.samples)]
         aligned = [states[0]] + [
@@ -143,10 +146,14 @@ def finetune_run(cfg: DictConfig) -> dict[str, int]:
         )
     recipe = Recipe(optimizer="sgd", schedule="cosine", weight_decay=t.weight_decay)
 
+    @functools.cache
+    def target_data() -> ImageDataset:  # loaded once, and only if a run needs computing
+        if not t.target or t.target == ws.population.dataset:
+            return ws.data
+        return load_dataset(t.target, cfg.data_root, cfg.dataset.download)
+
     def compute(run: Run, epoch: int) -> dict[str, Any]:
-        target = load_dataset(
-            t.target or ws.population.dataset, cfg.data_root, cfg.dataset.download
-        )
+        target = target_data()
         model = run.load_model(epoch).to(ws.device)
         zoo_channels = next(model.parameters()).shape[1]
         if target.in_channels != zoo_channels:

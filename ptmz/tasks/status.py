@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptmz.errors import ConfigError
 from ptmz.tasks.train import RUN_KEYS, spec_from_config
 from ptmz.zoo.population import GRID_KEYS
+from ptmz.zoo.rundir import RunDir
 from ptmz.zoo.status import RunStatus, status_grid
 
 
@@ -41,11 +42,11 @@ def status(cfg: DictConfig) -> dict[str, int]:
         spec = spec_from_config(point_cfg)
         expected[spec.run_dir.resolve()] = {k: getattr(spec, k) for k in GRID_KEYS}
     zoo = Path(cfg.out_dir) / cfg.zoo_name
-    for config in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo
-        path = config.parent.resolve()
+    for run in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo
+        path = run.parent.resolve()
         if path not in expected:
-            run_config = yaml.safe_load(config.read_text())
-            expected[path] = {k: run_config.get(k) for k in GRID_KEYS}
+            config = RunDir(path).config
+            expected[path] = {k: config.get(k) for k in GRID_KEYS}
     runs = [RunStatus.of(path, grid) for path, grid in expected.items()]
     print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))
     return {state: sum(r.state == state for r in runs) for state in {r.state for r in runs}}
