@@ -13,6 +13,7 @@ load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are 
 
     python benchmarks/train.py [--widths 2 8 32] [--batch 128] [--images 2048] [--repeats 3]
         [--workers 2] [--threads 0] [--device auto] [--data synthetic|cifar10 --data-root DIR]
+        [--compile]   # also ptmz with `compile=true` (torch.compile; its warm-up epoch compiles)
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from torch.utils.data import DataLoader, Dataset
 from ptmz.data import DatasetNotFound, DeviceLoader, Split, load_dataset
 from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
 from ptmz.models import build_model
-from ptmz.train.loop import build_optimizer, data_generator, resolve_device, train_epoch
+from ptmz.train.loop import (
+    build_optimizer,
+    compile_step,
+    data_generator,
+    prepare_model,
+    resolve_device,
+    train_epoch,
+)
 from ptmz.train.spec import Recipe
 
 
@@ -126,18 +134,27 @@ class Reference:
 class Ptmz:
     """ptmz's training epoch, set up the way `train_run` sets it up."""
 
-    def __init__(self, split: Split, width: int, args, device: torch.device, epochs: int):
+    def __init__(
+        self,
+        split: Split,
+        width: int,
+        args,
+        device: torch.device,
+        epochs: int,
+        compiled: bool = False,
+    ):
         recipe = Recipe()  # the published recipe: SGD 0.9 / 5e-4, OneCycle, crop+flip+rot20
         self.loader = DeviceLoader(
             split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(0)
         )
-        self.model = make_model(width, device)
+        self.model = prepare_model(make_model(width, device), device)
+        self.step_model = compile_step(self.model, device) if compiled else self.model
         self.optimizer, self.schedule = build_optimizer(
-            self.model, recipe, args.lr, epochs, len(self.loader)
+            self.model.parameters(), recipe, args.lr, epochs, len(self.loader)
         )
 
     def epoch(self) -> float:
-        return train_epoch(self.model, self.loader, self.optimizer, self.schedule)
+        return train_epoch(self.step_model, self.loader, self.optimizer, self.schedule)
 
 
 def timed(run, device: torch.device) -> tuple[float, float]:
@@ -171,6 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
     parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--compile", action="store_true", help="also time ptmz compiled")
     args = parser.parse_args()
 
     if args.threads:
@@ -185,12 +203,16 @@ def main() -> None:
         f"ResNet-18-w, batch {args.batch}, {steps} steps/epoch, lr {args.lr}, reference "
         f"DataLoader workers {args.workers}; 1 warm-up epoch, median of {args.repeats} epochs"
     )
-    print(f"{'width':>5}  {'reference s/epoch':>17}  {'ptmz s/epoch':>12}  {'speed-up':>8}")
+    ours = ["ptmz", "ptmz compiled"] if args.compile else ["ptmz"]
+    print(f"{'width':>5}  {'reference s/epoch':>17}", end="")
+    print("".join(f"  {name + ' s/epoch':>21}  {'speed-up':>8}" for name in ours))
     for width in args.widths:
         sides = {
             "reference": Reference(split, width, args, device, epochs),
             "ptmz": Ptmz(split, width, args, device, epochs),
         }
+        if args.compile:
+            sides["ptmz compiled"] = Ptmz(split, width, args, device, epochs, compiled=True)
         times: dict[str, list[float]] = {name: [] for name in sides}
         for run in sides.values():
             timed(run, device)  # warm-up
@@ -200,8 +222,12 @@ def main() -> None:
                 if not np.isfinite(loss):
                     sys.exit(f"width {width}: {name} loss is not finite ({loss})")
                 times[name].append(seconds)
-        ref, ours = (statistics.median(times[name]) for name in sides)
-        print(f"{width:>5}  {ref:>17.3f}  {ours:>12.3f}  {ref / ours:>7.2f}x")
+        ref = statistics.median(times["reference"])
+        print(f"{width:>5}  {ref:>17.3f}", end="")
+        for name in ours:
+            seconds = statistics.median(times[name])
+            print(f"  {seconds:>21.3f}  {ref / seconds:>7.2f}x", end="")
+        print()
 
 
 if __name__ == "__main__":

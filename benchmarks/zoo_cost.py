@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
-from ptmz.train.loop import build_optimizer, evaluate, resolve_device, train_epoch
+from ptmz.train.loop import build_optimizer, evaluate, prepare_model, resolve_device, train_epoch
 from ptmz.train.spec import Recipe
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -60,13 +60,15 @@ def time_point(cfg, width: int, batch: int, steps: int, device: torch.device) ->
     """Median seconds per training step at (width, batch)."""
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
-    model = build_model(cfg.model.name, width, channels, classes).to(device)
+    model = prepare_model(build_model(cfg.model.name, width, channels, classes), device)
     data = synthetic(batch * steps, channels, side, classes)
     generator = torch.Generator().manual_seed(0)
     loader = DeviceLoader(
         data, batch, (0.5,) * channels, (0.25,) * channels, device, recipe.augment, generator
     )
-    optimizer, schedule = build_optimizer(model, recipe, cfg.lr, 2 + 2 * steps, len(loader))
+    optimizer, schedule = build_optimizer(
+        model.parameters(), recipe, cfg.lr, 2 + 2 * steps, len(loader)
+    )
     train_epoch(model, loader, optimizer, schedule)  # warm-up: allocator, kernels, caches
     times = []
     for _ in range(2):
@@ -81,7 +83,7 @@ def time_point(cfg, width: int, batch: int, steps: int, device: torch.device) ->
 def time_eval(cfg, width: int, device: torch.device, samples: int = 2048) -> float:
     """Seconds per sample of evaluation at `width`."""
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
-    model = build_model(cfg.model.name, width, channels, classes).to(device)
+    model = prepare_model(build_model(cfg.model.name, width, channels, classes), device)
     data = synthetic(samples, channels, side, classes)
     loader = DeviceLoader(data, 1024, (0.5,) * channels, (0.25,) * channels, device)
     evaluate(model, loader)

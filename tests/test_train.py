@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-import ptmz.train.loop
+import ptmz.train.run
 from ptmz.train import RunSpec, train_run
 from ptmz.zoo import RunDir
 
@@ -34,7 +34,7 @@ def test_run_writes_records_checkpoints_and_status(tmp_path):
     assert run.checkpoint_epochs == [0, 2, 3]  # every 2, plus the last
     assert run.resume_epoch is None  # a finished run keeps no optimizer state
     assert RunSpec.from_dict(run.config) == spec
-    model = ptmz.train.loop.build_model("resnet18", 2, 1, 10)
+    model = ptmz.train.run.build_model("resnet18", 2, 1, 10)
     model.load_state_dict(run.load_weights(3), strict=True)
 
 
@@ -67,7 +67,7 @@ def test_exception_marks_run_failed_with_the_error(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     spec = RunSpec(out_dir=str(tmp_path), **TINY)
-    monkeypatch.setattr(ptmz.train.loop, "evaluate", broken)
+    monkeypatch.setattr(ptmz.train.run, "evaluate", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         train_run(spec)
     status = RunDir(spec.run_dir).status

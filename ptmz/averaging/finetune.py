@@ -34,7 +34,7 @@ def finetune(
 ) -> list[float]:
     """Train `model` in place on `loader` with the recipe's optimizer and schedule; returns
     the mean training loss of each epoch."""
-    optimizer, schedule = build_optimizer(model, recipe, lr, epochs, len(loader))
+    optimizer, schedule = build_optimizer(model.parameters(), recipe, lr, epochs, len(loader))
     return [train_epoch(model, loader, optimizer, schedule) for _ in range(epochs)]
 
 

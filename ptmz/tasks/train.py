@@ -6,7 +6,8 @@ import itertools
 
 from omegaconf import DictConfig, OmegaConf
 
-from ptmz.train import RunSpec, train_run
+from ptmz.errors import ConfigError
+from ptmz.train import RunSpec, train_run, train_together
 
 RUN_KEYS = (
     "width",
@@ -21,6 +22,8 @@ RUN_KEYS = (
     "device",
     "checkpoints",
     "progress",
+    "precision",
+    "compile",
 )
 
 
@@ -59,14 +62,25 @@ def packed_configs(cfg: DictConfig) -> list[DictConfig]:
 
 
 def train(cfg: DictConfig) -> str | list[str]:
-    """Train the job's runs; a failing run (marked `failed` in its directory) does not stop the
+    """Train the job's runs, with `seeds_together` the seeds of each grid point as one
+    vectorised model; a failing run (marked `failed` in its directory) does not stop the
     others, and the first failure is raised after all have been tried."""
+    specs = [spec_from_config(run_cfg) for run_cfg in packed_configs(cfg)]
+    if not isinstance(cfg.seeds_together, bool):
+        raise ConfigError("seeds_together", cfg.seeds_together, "true or false")
+    if cfg.seeds_together:
+        groups = [
+            [s for s in specs if s.grid_point == key]
+            for key in dict.fromkeys(s.grid_point for s in specs)
+        ]
+    else:
+        groups = [[spec] for spec in specs]
     states, failures = [], []
-    for run_cfg in packed_configs(cfg):
+    for group in groups:
         try:
-            states.append(train_run(spec_from_config(run_cfg)))
+            states += train_together(group) if len(group) > 1 else [train_run(group[0])]
         except Exception as error:
-            states.append("failed")
+            states += ["failed"] * len(group)
             failures.append(error)
     if failures:
         raise failures[0]

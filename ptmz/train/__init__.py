@@ -1,6 +1,8 @@
-"""Training one run of a zoo: the validated run spec and the resumable training loop."""
+"""Training the runs of a zoo: the validated run spec, the training step, and the resumable
+run loop (one run at a time, or the seeds of a grid point together)."""
 
-from ptmz.train.loop import evaluate, train_run
+from ptmz.train.loop import evaluate
+from ptmz.train.run import train_run, train_together
 from ptmz.train.spec import Recipe, RunSpec
 
-__all__ = ["Recipe", "RunSpec", "evaluate", "train_run"]
+__all__ = ["Recipe", "RunSpec", "evaluate", "train_run", "train_together"]

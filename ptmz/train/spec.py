@@ -16,6 +16,7 @@ from ptmz.models import MODELS
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RunSpec:
     seed: int = 0
     subset_seed: int = 0  # picks the data_fraction subset; shared by the seeds of a grid point
     recipe: Recipe = field(default_factory=Recipe)
+    precision: str = "fp32"  # bf16: the training step under bf16 autocast (evaluation stays fp32)
 
     out_dir: str = "zoos"
     data_root: str = "data"
@@ -52,6 +54,7 @@ class RunSpec:
     device: str = "auto"
     checkpoints: int | tuple[int, ...] = 1  # every N epochs, or a list; 0 and last always kept
     progress: bool = True
+    compile: bool = False  # torch.compile the training step: the same math, other rounding
 
     def __post_init__(self) -> None:
         for part in (self, self.recipe, self.recipe.augment):
@@ -61,6 +64,10 @@ class RunSpec:
         choose("recipe.optimizer", self.recipe.optimizer, dict.fromkeys(OPTIMIZERS))
         choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
         choose("device", self.device, dict.fromkeys(DEVICES))
+        choose("precision", self.precision, dict.fromkeys(PRECISIONS))
+        for key in ("download", "progress", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(key, getattr(self, key), "true or false")
         for key in ("width", "batch_size", "epochs"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)
@@ -99,18 +106,27 @@ class RunSpec:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What determines the trained weights: the content the run id hashes."""
+        """What determines the trained weights: the content the run id hashes. The default
+        precision is left out, so fp32 runs keep the ids they had before precision existed."""
         names = [f.name for f in fields(self)]
-        return {
+        identity = {
             k: v
             for k, v in asdict(self).items()
             if names.index(k) < names.index("out_dir") and k != "zoo"
         }
+        if identity["precision"] == "fp32":
+            del identity["precision"]
+        return identity
 
     @property
     def run_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
         return f"w{self.width}_bs{self.batch_size}_s{self.seed}-{digest[:8]}"
+
+    @property
+    def grid_point(self) -> str:
+        """What the seeds of one grid point share: the identity without the seed, as a key."""
+        return json.dumps({k: v for k, v in self.identity.items() if k != "seed"}, sort_keys=True)
 
     @property
     def run_dir(self) -> Path:

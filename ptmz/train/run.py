@@ -1,0 +1,295 @@
+"""train_run(spec): train one run of a zoo into its run directory, resuming where it stopped;
+train_together(specs): the seeds of one grid point as one vectorised model, same directories."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ptmz.data import DeviceLoader, ImageDataset, load_dataset, stratified_subset
+from ptmz.errors import ConfigError
+from ptmz.io import finite_or_none
+from ptmz.models import build_model
+from ptmz.train.loop import (
+    build_optimizer,
+    compile_step,
+    data_generator,
+    evaluate,
+    prepare_model,
+    resolve_device,
+    train_epoch,
+)
+from ptmz.train.spec import RunSpec
+from ptmz.train.together import train_epoch_together
+from ptmz.zoo.rundir import FINISHED, RunDir
+
+log = logging.getLogger(__name__)
+
+
+def check_writable(out_dir: str) -> None:
+    path = Path(out_dir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".ptmz-write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("out_dir", out_dir, f"a directory you can write to ({e})") from None
+
+
+def data_for(spec: RunSpec) -> tuple[ImageDataset, torch.Tensor]:
+    """The run's dataset and the indices of its (stratified) training subset."""
+    data = load_dataset(spec.dataset, spec.data_root, spec.download)
+    subset = stratified_subset(data.train.labels, spec.data_fraction, spec.subset_seed)
+    if spec.batch_size > len(subset):
+        raise ConfigError(
+            "batch_size",
+            spec.batch_size,
+            f"at most the training subset size, {len(subset)} samples "
+            f"(dataset={spec.dataset}, data_fraction={spec.data_fraction})",
+        )
+    return data, subset
+
+
+class Trainee:
+    """One run in training: its model, data stream, optimizer, schedule and records, and the
+    run directory they are checkpointed to. Constructing it resumes the run from its latest
+    checkpoint, or measures and saves epoch 0."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        run: RunDir,
+        data: ImageDataset,
+        subset: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, spec.width, data.in_channels, data.num_classes)
+        self.spec, self.run, self.model = spec, run, prepare_model(model, device)
+        self.generator = data_generator(spec.seed)
+        train_split = data.train.subset(subset)
+        mean, std = data.mean, data.std
+        self.loader = DeviceLoader(
+            train_split, spec.batch_size, mean, std, device, spec.recipe.augment, self.generator
+        )
+        self.eval_train = DeviceLoader(train_split, 1024, mean, std, device)
+        self.eval_test = DeviceLoader(data.test, 1024, mean, std, device)
+        self.optimizer, self.schedule = build_optimizer(
+            self.model.parameters(), spec.recipe, spec.lr, spec.epochs, len(self.loader)
+        )
+        self.step_model = compile_step(self.model, device) if spec.compile else self.model
+        self.info = dict(epochs=spec.epochs, host=socket.gethostname())
+        self.state: str | None = None  # done or diverged once finished
+        self._start()
+
+    def _start(self) -> None:
+        self.epoch = self.run.resume_epoch
+        if self.epoch is None:
+            self.epoch, self.records = 0, [self.measure(0)]
+            self.checkpoint()
+        else:
+            state = self.run.load_state(self.epoch)
+            device = self.loader.labels.device
+            self.model.load_state_dict(self.run.load_weights(self.epoch, device))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.generator.set_state(state["generator"])
+            self.records = state["records"]
+            log.info("%s: resuming after epoch %d", self.run.path, self.epoch)
+        if self.epoch == self.spec.epochs:  # killed between the last checkpoint and `done`
+            self._finish("done")
+        else:
+            self.run.write_status("running", epoch=self.epoch, **self.info)
+
+    def measure(self, epoch: int, **extra: Any) -> dict[str, Any]:
+        train_loss, train_acc = evaluate(self.model, self.eval_train)
+        test_loss, test_acc = evaluate(self.model, self.eval_test)
+        values = dict(
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            **extra,
+        )
+        return {"epoch": epoch, **{k: finite_or_none(v) for k, v in values.items()}}
+
+    def checkpoint(self) -> None:
+        state = {
+            "epoch": self.epoch,
+            "records": self.records,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+        keep = self.spec.is_checkpoint
+        self.run.save_checkpoint(self.epoch, self.model.state_dict(), state, keep=keep)
+        self.run.write_records(self.records)
+
+    def train_epoch(self, on_step: Callable[[], Any]) -> float:
+        return train_epoch(
+            self.step_model,
+            self.loader,
+            self.optimizer,
+            self.schedule,
+            on_step,
+            self.spec.precision,
+        )
+
+    def end_epoch(self, batch_loss: float, seconds: float) -> None:
+        """Record, check and checkpoint the epoch just trained; finish the run after its last."""
+        self.epoch += 1
+        lr = self.schedule.get_last_lr()[0]
+        record = self.measure(self.epoch, batch_loss=batch_loss, lr=lr, seconds=seconds)
+        self.records.append(record)
+        if not math.isfinite(batch_loss) or record["train_loss"] is None:
+            self.run.write_records(self.records)
+            log.warning(
+                "%s: non-finite loss in epoch %d, marked diverged", self.run.path, self.epoch
+            )
+            self._finish("diverged")
+            return
+        self.checkpoint()
+        log.info(
+            "%s epoch %d/%d: %s",
+            self.run.path.name,
+            self.epoch,
+            self.spec.epochs,
+            {k: round(v, 4) for k, v in record.items() if k != "epoch"},
+        )
+        if self.epoch == self.spec.epochs:
+            self._finish("done")
+        else:
+            self.run.write_status("running", epoch=self.epoch, **self.info)
+
+    def _finish(self, state: str) -> None:
+        self.state = state
+        self.run.write_status(state, epoch=self.epoch, **self.info)
+        if state == "done":
+            self.run.drop_resume_state()
+
+
+def train_run(spec: RunSpec) -> str:
+    """Train `spec` into its run directory and return its state: done, diverged, or running
+    (when another process holds the run's lock and is training it).
+
+    A finished run returns at once; an interrupted one resumes from its latest checkpoint with
+    optimizer, schedule and RNG state, ending with the same weights as an uninterrupted run.
+    An exception marks the run `failed` (with the error) and propagates.
+    """
+    return _train_locked([spec], _one_by_one)[0]
+
+
+def train_together(specs: Sequence[RunSpec]) -> list[str]:
+    """Train runs that differ only in their seed as one vectorised model (see `together`);
+    each run's directory, records and checkpoints are those `train_run` writes, so a run can
+    be started together and resumed alone, or the other way round. Returns their states.
+
+    Runs at different epochs (some resumed further than others) are stepped in groups of the
+    same epoch until they meet. An exception marks every unfinished run `failed`."""
+    seeds = {s.seed for s in specs}
+    grid_points = {s.grid_point for s in specs}
+    if len(grid_points) > 1 or len(seeds) < len(specs):
+        raise ConfigError(
+            "seeds_together",
+            True,
+            "runs that differ in their seed only, each seed once "
+            f"(got {len(specs)} runs, {len(seeds)} seeds, {len(grid_points)} grid points)",
+        )
+    if any(s.compile for s in specs):
+        raise ConfigError("compile", True, "false with seeds_together: vmap is not compiled")
+    return _train_locked(specs, _vectorised)
+
+
+def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]) -> list[str]:
+    """Lock the unfinished runs of `specs` (all sharing one dataset and subset), build their
+    trainees and `fit` them; on an exception mark the unfinished ones failed."""
+    runs = [RunDir(spec.run_dir) for spec in specs]
+    todo = [(spec, run) for spec, run in zip(specs, runs, strict=True) if run.state not in FINISHED]
+    for run in runs:
+        if run.state in FINISHED:
+            log.info("%s: already %s, skipped", run.path, run.state)
+    if todo:
+        check_writable(specs[0].out_dir)
+        device = resolve_device(specs[0].device)
+        data, subset = data_for(specs[0])
+        with ExitStack() as locks:
+            mine = []
+            for spec, run in todo:
+                run.create(spec.to_dict())
+                if not locks.enter_context(run.lock()):
+                    log.warning("%s: another process is training this run, skipped", run.path)
+                elif run.state not in FINISHED:  # it may have finished while we loaded data
+                    mine.append((spec, run))
+            try:
+                fit([Trainee(spec, run, data, subset, device) for spec, run in mine])
+            except BaseException as error:  # KeyboardInterrupt too: no run may look `running`
+                for spec, run in mine:
+                    if run.state not in FINISHED:
+                        run.write_status(
+                            "failed",
+                            epoch=run.resume_epoch,
+                            epochs=spec.epochs,
+                            error=f"{type(error).__name__}: {error}",
+                            host=socket.gethostname(),
+                        )
+                raise
+    return [run.state for run in runs]
+
+
+def _progress(trainees: Sequence[Trainee], label: str) -> tqdm:
+    """A bar over the training steps of all `trainees` (same steps per epoch)."""
+    steps = len(trainees[0].loader) if trainees else 0
+    return tqdm(
+        total=sum(t.spec.epochs for t in trainees) * steps,
+        initial=sum(t.epoch for t in trainees) * steps,
+        desc=label,
+        disable=not (trainees and trainees[0].spec.progress),
+        leave=False,
+    )
+
+
+def _one_by_one(trainees: list[Trainee]) -> None:
+    for trainee in trainees:
+        bar = _progress([trainee], trainee.run.path.name)
+        while trainee.state is None:
+            bar.set_description(f"{trainee.run.path.name} epoch {trainee.epoch + 1}")
+            began = time.perf_counter()
+            batch_loss = trainee.train_epoch(bar.update)
+            trainee.end_epoch(batch_loss, time.perf_counter() - began)
+            bar.set_postfix(test_acc=trainee.records[-1]["test_acc"])
+        bar.close()
+
+
+def _vectorised(trainees: list[Trainee]) -> None:
+    active = [t for t in trainees if t.state is None]
+    if active:
+        names = ", ".join(t.run.path.name for t in active)
+        log.info("training %d runs together as one vectorised model: %s", len(active), names)
+    bar = _progress(trainees, f"{len(trainees)} seeds together")
+    while active:
+        epoch = min(t.epoch for t in active)
+        group = [t for t in active if t.epoch == epoch]
+        began = time.perf_counter()
+        losses = train_epoch_together(
+            [t.model for t in group],
+            [t.loader for t in group],
+            [t.optimizer for t in group],
+            [t.schedule for t in group],
+            lambda: bar.update(len(group)),  # noqa: B023 (called within this iteration)
+            group[0].spec.precision,
+        )
+        seconds = (time.perf_counter() - began) / len(group)  # each run's share
+        for trainee, batch_loss in zip(group, losses, strict=True):
+            trainee.end_epoch(batch_loss, seconds)
+        active = [t for t in active if t.state is None]
+    bar.close()

@@ -1,0 +1,132 @@
+"""Several models of one architecture trained as one vectorised model.
+
+The seeds of a grid point differ only in their initialisation, data order and augmentation
+draws, so one step can carry them all: their parameters and buffers are stacked along a new
+leading dimension and the forward pass is `vmap`ped over it (convolutions become grouped
+convolutions, batch norm keeps per-model statistics). Each model's loss depends only on its
+own slice, so the gradient of the summed losses is every model's own gradient, and an
+elementwise optimizer (SGD, Adam) stepping the stacked tensors updates each slice exactly as
+it would update that model alone. What is saved and resumed is the separate models and their
+optimizers: stacking lives for one epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ptmz.data import DeviceLoader
+from ptmz.train.loop import autocast
+
+Schedule = torch.optim.lr_scheduler.LRScheduler
+
+
+class ModelStack:
+    """The parameters and buffers of `models` stacked (leaves of their own), and the vmapped
+    cross-entropy of a stacked batch."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        self.params, self.buffers = stack_module_state(list(models))
+        # The architecture without storage: functional_call supplies every tensor.
+        self.skeleton = copy.deepcopy(models[0]).to("meta").train()
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (M, B, ...) and y (M, B): each model's mean cross-entropy on its own batch, (M,)."""
+
+        def one(params, buffers, x, y):
+            return F.cross_entropy(functional_call(self.skeleton, (params, buffers), (x,)), y)
+
+        return vmap(one)(self.params, self.buffers, x, y)
+
+    @torch.no_grad()
+    def unstack_into(self, models: Sequence[nn.Module]) -> None:
+        for i, model in enumerate(models):
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                stacked = self.params.get(name, self.buffers.get(name))
+                tensor.copy_(stacked[i])
+
+
+def _paired_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
+    """For each parameter: the models' tensors, their optimizer states, the stacked state."""
+    columns = zip(
+        *(o.param_groups[0]["params"] for o in optimizers),
+        stacked.param_groups[0]["params"],
+        strict=True,
+    )
+    for *params, stacked_param in columns:
+        states = [o.state[p] for o, p in zip(optimizers, params, strict=True)]
+        yield params, states, stacked.state[stacked_param]
+
+
+def _stack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
+    """Per-parameter tensors (momentum, Adam's moments) stacked; shared scalars (Adam's step)
+    taken from the first model, as every model has the same."""
+    for params, states, stacked_state in _paired_state(optimizers, stacked):
+        for key, value in states[0].items():
+            per_param = torch.is_tensor(value) and value.shape == params[0].shape
+            stacked_state[key] = (
+                torch.stack([s[key] for s in states]) if per_param else value.clone()
+            )
+
+
+def _unstack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
+    for params, states, stacked_state in _paired_state(optimizers, stacked):
+        for i, state in enumerate(states):
+            for key, value in stacked_state.items():
+                per_param = torch.is_tensor(value) and value.shape[1:] == params[i].shape
+                state[key] = value[i].clone() if per_param and value.dim() else value.clone()
+
+
+def train_epoch_together(
+    models: Sequence[nn.Module],
+    loaders: Sequence[DeviceLoader],
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedules: Sequence[Schedule],
+    on_step: Callable[[], Any] = lambda: None,
+    precision: str = "fp32",
+) -> list[float]:
+    """One epoch of each model over its own loader, as one vectorised step per batch; each
+    model's mean training loss. Models, optimizers and schedules are left as if each had run
+    `train_epoch` alone (to float rounding: grouped and single convolutions sum in other orders).
+
+    The optimizers must be one class with one parameter group each (what `build_optimizer`
+    makes); their schedules keep driving the hyperparameters, which the stacked optimizer copies
+    every step. Every loader must yield batches of the same sizes.
+    """
+    for model in models:
+        model.train()
+    stack = ModelStack(models)
+    first = optimizers[0]
+    accepted = inspect.signature(type(first)).parameters  # AdamW fixes some Adam defaults
+    options = {k: v for k, v in first.defaults.items() if k in accepted}
+    stacked = type(first)(list(stack.params.values()), **options)
+    _stack_state(optimizers, stacked)
+    device = loaders[0].labels.device
+    loss_sums = torch.zeros(len(models), device=device)
+    for batches in zip(*loaders, strict=True):
+        x = torch.stack([x for x, _ in batches])
+        y = torch.stack([y for _, y in batches])
+        hyper = {k: v for k, v in first.param_groups[0].items() if k != "params"}
+        stacked.param_groups[0].update(hyper)
+        with autocast(device, precision):
+            losses = stack.losses(x, y)
+        stacked.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        stacked.step()
+        with warnings.catch_warnings():  # their optimizers do not step: the stacked one does
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            for schedule in schedules:
+                schedule.step()
+        loss_sums += losses.detach() * y.shape[1]
+        on_step()
+    stack.unstack_into(models)
+    _unstack_state(optimizers, stacked)
+    return [loss_sum / len(loaders[0].labels) for loss_sum in loss_sums.tolist()]
