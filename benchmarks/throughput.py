@@ -97,7 +97,7 @@ def main() -> None:
         optimizer, schedule = build_optimizer(
             model.parameters(), recipe, 0.1, 1 + args.repeats, len(loader)
         )
-        step_model = compile_step(model, device) if args.compile else model
+        step_model = compile_step(model) if args.compile else model
         seconds = []
         for repeat in range(1 + args.repeats):
             synchronize(device)

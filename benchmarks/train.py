@@ -13,7 +13,7 @@ load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are 
 
     python benchmarks/train.py [--widths 2 8 32] [--batch 128] [--images 2048] [--repeats 3]
         [--workers 2] [--threads 0] [--device auto] [--data synthetic|cifar10 --data-root DIR]
-        [--compile]   # also ptmz with `compile=true` (torch.compile; its warm-up epoch compiles)
+        [--compile]   # also ptmz with `compile=true` (CUDA; its warm-up epoch compiles)
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class Ptmz:
             split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(0)
         )
         self.model = prepare_model(make_model(width, device), device)
-        self.step_model = compile_step(self.model, device) if compiled else self.model
+        self.step_model = compile_step(self.model) if compiled else self.model
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), recipe, args.lr, epochs, len(self.loader)
         )
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
     parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--compile", action="store_true", help="also time ptmz compiled")
+    parser.add_argument("--compile", action="store_true", help="also time ptmz compiled (CUDA)")
     args = parser.parse_args()
 
     if args.threads:

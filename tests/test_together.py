@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptmz.data import DeviceLoader, load_dataset
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.train import Recipe, RunSpec, train_run, train_together
 from ptmz.train.loop import build_optimizer, data_generator, train_epoch
@@ -146,7 +146,7 @@ def test_runs_move_between_together_and_alone(tmp_path, monkeypatch):
     assert_same_runs(alone, split)
 
 
-def test_together_rejects_runs_of_different_grid_points(tmp_path):
+def test_together_and_compile_reject_what_they_cannot_train(tmp_path):
     mixed = specs(tmp_path)[:2] + [RunSpec(out_dir=str(tmp_path), seed=2, **{**TINY, "width": 4})]
     with pytest.raises(ConfigError, match="seeds_together.*differ in their seed only"):
         train_together(mixed)
@@ -155,6 +155,10 @@ def test_together_rejects_runs_of_different_grid_points(tmp_path):
         train_together(twice)
     with pytest.raises(ConfigError, match="compile"):
         train_together(specs(tmp_path, compile=True))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="compile=True.*compiling is for CUDA"):
+            train_run(RunSpec(out_dir=str(tmp_path), compile=True, **TINY))
+        assert not (tmp_path / "digits_resnet18").exists()  # refused before any run was made
 
 
 def test_launch_trains_packed_seeds_together(tmp_path):
@@ -168,3 +172,17 @@ def test_launch_trains_packed_seeds_together(tmp_path):
     bad = launch(*grid, "seeds_together=sometimes")
     assert bad.returncode == 2
     assert "seeds_together='sometimes'" in bad.stderr and "true or false" in bad.stderr
+
+
+def test_a_run_that_cannot_start_fails_alone(tmp_path, monkeypatch):
+    """An unreadable checkpoint of one seed marks that run failed; its grid point's other
+    seeds still train together, and the error is raised after."""
+    runs = specs(tmp_path)
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(runs[0])
+    RunDir(runs[0].run_dir).state_path(1).write_bytes(b"not a checkpoint")
+    with pytest.raises(PtmzError, match="unreadable"):
+        train_together(runs)
+    assert [RunDir(s.run_dir).state for s in runs] == ["failed", "done", "done"]

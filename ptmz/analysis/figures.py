@@ -35,6 +35,7 @@ from ptmz.analysis.phases import (
     grid_point_means,
 )
 from ptmz.errors import ConfigError, PtmzError
+from ptmz.train.spec import LOADS, TEMPERATURES
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,33 @@ class Axes2D:
 
     def __post_init__(self) -> None:
         for key, value, allowed in (
-            ("task.temperature", self.temperature, ("batch_size", "lr")),
-            ("task.load", self.load, ("width", "data_fraction")),
+            ("task.temperature", self.temperature, TEMPERATURES),
+            ("task.load", self.load, LOADS),
         ):
             if value not in allowed:
                 raise ConfigError(key, value, f"one of {', '.join(allowed)}")
+
+    @classmethod
+    def of(cls, table: pd.DataFrame, temperature: str | None, load: str | None) -> Axes2D:
+        """The given axes; where one is None, the coordinate of its kind that varies over the
+        table's runs (the first of its kind when none does)."""
+
+        def varied(key: str, given: str | None, options: tuple[str, ...]) -> str:
+            if given is not None:
+                return given
+            found = [c for c in options if c in table and table[c].nunique(dropna=False) > 1]
+            if len(found) > 1:
+                raise ConfigError(
+                    key,
+                    None,
+                    f"one of {' or '.join(options)}: the population varies both, so say which",
+                )
+            return found[0] if found else options[0]
+
+        return cls(
+            varied("task.temperature", temperature, TEMPERATURES),
+            varied("task.load", load, LOADS),
+        )
 
 
 def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[str], list[str]]:

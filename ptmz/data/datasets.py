@@ -40,6 +40,9 @@ class Split:
     def subset(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index])
 
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
 
 @dataclass(frozen=True)
 class ImageDataset:

@@ -82,8 +82,8 @@ def plot(cfg: DictConfig) -> dict[str, Any]:
     matplotlib.use("Agg")  # files only, also where no display exists
     t, population = cfg.task, Workspace(cfg).population
     thresholds = _thresholds(cfg)
-    axes = Axes2D(t.temperature, t.load)
     table = results_table(population, thresholds)
+    axes = Axes2D.of(table, t.temperature, t.load)
     classification = classify_phases(table, thresholds)
     measured = landscape_epochs(table, thresholds)
     epochs, evolution = _epochs(cfg.epoch, table, measured)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptmz.errors import ConfigError
 from ptmz.train import RunSpec, train_run, train_together
+from ptmz.zoo import RunDir
 
 RUN_KEYS = (
     "width",
@@ -24,6 +25,8 @@ RUN_KEYS = (
     "progress",
     "precision",
     "compile",
+    "temperature",
+    "load",
 )
 
 
@@ -65,9 +68,15 @@ def train(cfg: DictConfig) -> str | list[str]:
     """Train the job's runs, with `seeds_together` the seeds of each grid point as one
     vectorised model; a failing run (marked `failed` in its directory) does not stop the
     others, and the first failure is raised after all have been tried."""
-    specs = [spec_from_config(run_cfg) for run_cfg in packed_configs(cfg)]
     if not isinstance(cfg.seeds_together, bool):
         raise ConfigError("seeds_together", cfg.seeds_together, "true or false")
+    states, failures, specs = [], [], []
+    for run_cfg in packed_configs(cfg):
+        try:
+            specs.append(spec_from_config(run_cfg))
+        except ConfigError as error:  # one bad packed value: the other runs still train
+            states.append("failed")
+            failures.append(error)
     if cfg.seeds_together:
         groups = [
             [s for s in specs if s.grid_point == key]
@@ -75,12 +84,11 @@ def train(cfg: DictConfig) -> str | list[str]:
         ]
     else:
         groups = [[spec] for spec in specs]
-    states, failures = [], []
     for group in groups:
         try:
             states += train_together(group) if len(group) > 1 else [train_run(group[0])]
         except Exception as error:
-            states += ["failed"] * len(group)
+            states += [RunDir(s.run_dir).state for s in group]
             failures.append(error)
     if failures:
         raise failures[0]

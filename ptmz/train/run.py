@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ def check_writable(out_dir: str) -> None:
         raise ConfigError("out_dir", out_dir, f"a directory you can write to ({e})") from None
 
 
-def data_for(spec: RunSpec) -> tuple[ImageDataset, torch.Tensor]:
-    """The run's dataset and the indices of its (stratified) training subset."""
+def data_for(spec: RunSpec, device: torch.device) -> ImageDataset:
+    """The run's dataset on `device`, its training split narrowed to the run's (stratified)
+    subset; one copy that every run of a job shares."""
     data = load_dataset(spec.dataset, spec.data_root, spec.download)
     subset = stratified_subset(data.train.labels, spec.data_fraction, spec.subset_seed)
     if spec.batch_size > len(subset):
@@ -57,37 +59,31 @@ def data_for(spec: RunSpec) -> tuple[ImageDataset, torch.Tensor]:
             f"at most the training subset size, {len(subset)} samples "
             f"(dataset={spec.dataset}, data_fraction={spec.data_fraction})",
         )
-    return data, subset
+    return replace(data, train=data.train.subset(subset).to(device), test=data.test.to(device))
 
 
 class Trainee:
     """One run in training: its model, data stream, optimizer, schedule and records, and the
-    run directory they are checkpointed to. Constructing it resumes the run from its latest
-    checkpoint, or measures and saves epoch 0."""
+    run directory they are checkpointed to. `data` is `data_for(spec, device)`. Constructing
+    it resumes the run from its latest checkpoint, or measures and saves epoch 0."""
 
     def __init__(
-        self,
-        spec: RunSpec,
-        run: RunDir,
-        data: ImageDataset,
-        subset: torch.Tensor,
-        device: torch.device,
+        self, spec: RunSpec, run: RunDir, data: ImageDataset, device: torch.device
     ) -> None:
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, spec.width, data.in_channels, data.num_classes)
         self.spec, self.run, self.model = spec, run, prepare_model(model, device)
         self.generator = data_generator(spec.seed)
-        train_split = data.train.subset(subset)
-        mean, std = data.mean, data.std
+        train, mean, std = data.train, data.mean, data.std
         self.loader = DeviceLoader(
-            train_split, spec.batch_size, mean, std, device, spec.recipe.augment, self.generator
+            train, spec.batch_size, mean, std, device, spec.recipe.augment, self.generator
         )
-        self.eval_train = DeviceLoader(train_split, 1024, mean, std, device)
+        self.eval_train = DeviceLoader(train, 1024, mean, std, device)
         self.eval_test = DeviceLoader(data.test, 1024, mean, std, device)
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), spec.recipe, spec.lr, spec.epochs, len(self.loader)
         )
-        self.step_model = compile_step(self.model, device) if spec.compile else self.model
+        self.step_model = compile_step(self.model) if spec.compile else self.model
         self.info = dict(epochs=spec.epochs, host=socket.gethostname())
         self.state: str | None = None  # done or diverged once finished
         self._start()
@@ -212,38 +208,58 @@ def train_together(specs: Sequence[RunSpec]) -> list[str]:
 
 def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]) -> list[str]:
     """Lock the unfinished runs of `specs` (all sharing one dataset and subset), build their
-    trainees and `fit` them; on an exception mark the unfinished ones failed."""
+    trainees and `fit` them. Returns each run's state, `running` for one that another process
+    holds. A run that cannot start (an unreadable checkpoint, say) is marked failed and the
+    others go on; an exception while fitting marks every unfinished one failed. The first
+    error is raised at the end."""
     runs = [RunDir(spec.run_dir) for spec in specs]
     todo = [(spec, run) for spec, run in zip(specs, runs, strict=True) if run.state not in FINISHED]
     for run in runs:
         if run.state in FINISHED:
             log.info("%s: already %s, skipped", run.path, run.state)
+    held_elsewhere, errors = set(), []
     if todo:
         check_writable(specs[0].out_dir)
         device = resolve_device(specs[0].device)
-        data, subset = data_for(specs[0])
+        if specs[0].compile and device.type != "cuda":
+            raise ConfigError("compile", True, f"false on device {device}: compiling is for CUDA")
+        data = data_for(specs[0], device)
         with ExitStack() as locks:
             mine = []
             for spec, run in todo:
                 run.create(spec.to_dict())
                 if not locks.enter_context(run.lock()):
                     log.warning("%s: another process is training this run, skipped", run.path)
+                    held_elsewhere.add(run.path)
                 elif run.state not in FINISHED:  # it may have finished while we loaded data
                     mine.append((spec, run))
             try:
-                fit([Trainee(spec, run, data, subset, device) for spec, run in mine])
+                trainees = []
+                for spec, run in mine:
+                    try:
+                        trainees.append(Trainee(spec, run, data, device))
+                    except Exception as error:
+                        _mark_failed(spec, run, error)
+                        errors.append(error)
+                fit(trainees)
             except BaseException as error:  # KeyboardInterrupt too: no run may look `running`
                 for spec, run in mine:
                     if run.state not in FINISHED:
-                        run.write_status(
-                            "failed",
-                            epoch=run.resume_epoch,
-                            epochs=spec.epochs,
-                            error=f"{type(error).__name__}: {error}",
-                            host=socket.gethostname(),
-                        )
+                        _mark_failed(spec, run, error)
                 raise
-    return [run.state for run in runs]
+    if errors:
+        raise errors[0]
+    return ["running" if run.path in held_elsewhere else run.state for run in runs]
+
+
+def _mark_failed(spec: RunSpec, run: RunDir, error: BaseException) -> None:
+    run.write_status(
+        "failed",
+        epoch=run.resume_epoch,
+        epochs=spec.epochs,
+        error=f"{type(error).__name__}: {error}",
+        host=socket.gethostname(),
+    )
 
 
 def _progress(trainees: Sequence[Trainee], label: str) -> tqdm:

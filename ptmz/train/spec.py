@@ -17,6 +17,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+TEMPERATURES = ("batch_size", "lr")  # the noise of training
+LOADS = ("width", "data_fraction")  # data per unit of capacity
+AXIS_TAGS = {"width": "w", "data_fraction": "f", "batch_size": "bs", "lr": "lr"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class RunSpec:
     checkpoints: int | tuple[int, ...] = 1  # every N epochs, or a list; 0 and last always kept
     progress: bool = True
     compile: bool = False  # torch.compile the training step: the same math, other rounding
+    temperature: str = "batch_size"  # the zoo's axes, which name its run directories
+    load: str = "width"
 
     def __post_init__(self) -> None:
         for part in (self, self.recipe, self.recipe.augment):
@@ -65,6 +70,8 @@ class RunSpec:
         choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
         choose("device", self.device, dict.fromkeys(DEVICES))
         choose("precision", self.precision, dict.fromkeys(PRECISIONS))
+        choose("temperature", self.temperature, dict.fromkeys(TEMPERATURES))
+        choose("load", self.load, dict.fromkeys(LOADS))
         for key in ("download", "progress", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "true or false")
@@ -120,8 +127,15 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
-        return f"w{self.width}_bs{self.batch_size}_s{self.seed}-{digest[:8]}"
+        axes = "_".join(
+            f"{AXIS_TAGS[a]}{getattr(self, a):g}" for a in (self.load, self.temperature)
+        )
+        return f"{axes}_s{self.seed}-{self.digest}"
+
+    @property
+    def digest(self) -> str:
+        """The hash of `identity` that ends the run id."""
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
     def grid_point(self) -> str:
@@ -130,7 +144,11 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir).expanduser().resolve() / self.zoo / self.run_id
+        """The run's directory: one that already holds this content (named under other axes,
+        say), else `run_id`'s."""
+        zoo = Path(self.out_dir).expanduser().resolve() / self.zoo
+        existing = sorted(zoo.glob(f"*_s{self.seed}-{self.digest}"))
+        return existing[0] if existing else zoo / self.run_id
 
     def is_checkpoint(self, epoch: int) -> bool:
         """Whether the weights after `epoch` are kept (0 and the last epoch always are)."""

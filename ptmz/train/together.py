@@ -55,7 +55,7 @@ class ModelStack:
 
 
 def _paired_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
-    """For each parameter: the models' tensors, their optimizer states, the stacked state."""
+    """For each parameter: the models' optimizer states for it, and the stacked one's."""
     columns = zip(
         *(o.param_groups[0]["params"] for o in optimizers),
         stacked.param_groups[0]["params"],
@@ -63,26 +63,30 @@ def _paired_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.op
     )
     for *params, stacked_param in columns:
         states = [o.state[p] for o, p in zip(optimizers, params, strict=True)]
-        yield params, states, stacked.state[stacked_param]
+        yield states, stacked.state[stacked_param]
+
+
+SHARED_STATE = ("step",)  # Adam's step count: one scalar, the same for every model
 
 
 def _stack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
-    """Per-parameter tensors (momentum, Adam's moments) stacked; shared scalars (Adam's step)
-    taken from the first model, as every model has the same."""
-    for params, states, stacked_state in _paired_state(optimizers, stacked):
+    """Per-parameter tensors (momentum, Adam's moments) stacked; the shared step count taken
+    from the first model, after checking that every model has the same."""
+    for states, stacked_state in _paired_state(optimizers, stacked):
         for key, value in states[0].items():
-            per_param = torch.is_tensor(value) and value.shape == params[0].shape
-            stacked_state[key] = (
-                torch.stack([s[key] for s in states]) if per_param else value.clone()
-            )
+            if key in SHARED_STATE:
+                if any(not torch.equal(s[key], value) for s in states):
+                    raise ValueError(f"optimizer state {key!r} differs between the models")
+                stacked_state[key] = value.clone()
+            else:
+                stacked_state[key] = torch.stack([s[key] for s in states])
 
 
 def _unstack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
-    for params, states, stacked_state in _paired_state(optimizers, stacked):
+    for states, stacked_state in _paired_state(optimizers, stacked):
         for i, state in enumerate(states):
             for key, value in stacked_state.items():
-                per_param = torch.is_tensor(value) and value.shape[1:] == params[i].shape
-                state[key] = value[i].clone() if per_param and value.dim() else value.clone()
+                state[key] = value.clone() if key in SHARED_STATE else value[i].clone()
 
 
 def train_epoch_together(

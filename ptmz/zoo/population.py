@@ -38,6 +38,9 @@ NOT_GRID = {
     "device",
     "checkpoints",
     "progress",
+    "compile",
+    "temperature",
+    "load",
     "params",
 }
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
@@ -65,6 +68,8 @@ class Run:
             rest = {k: v for k, v in params.items() if not _PUBLISHED_PER_RUN.search(k)}
         else:
             rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
+            if rest.get("precision") == "fp32":  # the default, absent from older configs
+                del rest["precision"]
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
         g = self.grid
         return f"w{g['width']}_bs{g['batch_size']}-{digest.hexdigest()[:8]}"
