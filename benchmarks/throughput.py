@@ -82,7 +82,7 @@ def main() -> None:
         f"data: {what}; batch {args.batch}, {args.precision}"
         f"{', compiled' if args.compile else ''}; median of {args.repeats} epochs after 1"
     )
-    print(f"roofline: dense {args.precision} matrix product here, {peak / 1e12:.1f} TFLOP/s")
+    print(f"roofline: dense {args.precision} matrix product here, {peak / 1e9:.0f} GFLOP/s")
     print(
         f"{'width':>5}  {'MFLOP/image':>11}  {'images/s':>10}  {'roofline img/s':>14}  "
         f"{'% roofline':>10}"
