@@ -18,36 +18,10 @@ import argparse
 import statistics
 import time
 
-import torch
-from train import describe_machine, load_data, synchronize
+from train import Ptmz, describe_machine, load_data, synchronize
 
-from ptmz.data import DeviceLoader, Split
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
-from ptmz.models import build_model
-from ptmz.train.loop import (
-    build_optimizer,
-    data_generator,
-    prepare_model,
-    resolve_device,
-    train_epoch,
-)
-from ptmz.train.spec import Recipe
+from ptmz.train.loop import resolve_device
 from ptmz.train.together import train_epoch_together
-
-
-def trainees(split: Split, width: int, batch: int, seeds: int, epochs: int, device):
-    """(model, loader, optimizer, schedule) per seed, each with its own init and data stream."""
-    recipe = Recipe()
-    out = []
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        model = prepare_model(build_model("resnet18", width, 3, 10), device)
-        loader = DeviceLoader(
-            split, batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(seed)
-        )
-        optimizer, schedule = build_optimizer(model.parameters(), recipe, 0.1, epochs, len(loader))
-        out.append((model, loader, optimizer, schedule))
-    return out
 
 
 def main() -> None:
@@ -59,7 +33,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     args = parser.parse_args()
-    args.data = "synthetic"
+    args.data, args.lr = "synthetic", 0.1
 
     device = resolve_device(args.device)
     split, what = load_data(args)
@@ -72,11 +46,17 @@ def main() -> None:
     )
     for width in args.widths:
         for batch in args.batches:
-            alone = trainees(split, width, batch, args.seeds, epochs, device)
-            stacked = trainees(split, width, batch, args.seeds, epochs, device)
+            args.batch = batch
+            alone = [Ptmz(split, width, args, device, epochs, seed=s) for s in range(args.seeds)]
+            stacked = [Ptmz(split, width, args, device, epochs, seed=s) for s in range(args.seeds)]
             sides = {
-                "sequential": lambda: [train_epoch(*t) for t in alone],  # noqa: B023
-                "together": lambda: train_epoch_together(*zip(*stacked, strict=True)),  # noqa: B023
+                "sequential": lambda: [run.epoch() for run in alone],  # noqa: B023
+                "together": lambda: train_epoch_together(  # noqa: B023
+                    [run.model for run in stacked],  # noqa: B023
+                    [run.loader for run in stacked],  # noqa: B023
+                    [run.optimizer for run in stacked],  # noqa: B023
+                    [run.schedule for run in stacked],  # noqa: B023
+                ),
             }
             times: dict[str, list[float]] = {name: [] for name in sides}
             for repeat in range(1 + args.repeats):

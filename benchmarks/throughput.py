@@ -21,20 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from train import describe_machine, load_data, synchronize
+from train import Ptmz, describe_machine, load_data, synchronize
 
-from ptmz.data import DeviceLoader
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
 from ptmz.models import build_model
-from ptmz.train.loop import (
-    build_optimizer,
-    compile_step,
-    data_generator,
-    prepare_model,
-    resolve_device,
-    train_epoch,
-)
-from ptmz.train.spec import Recipe
+from ptmz.train.loop import resolve_device
 
 
 def training_flop_per_image(width: int) -> float:
@@ -72,7 +62,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args()
-    args.data = "synthetic"
+    args.data, args.lr = "synthetic", 0.1
 
     device = resolve_device(args.device)
     split, what = load_data(args)
@@ -87,22 +77,13 @@ def main() -> None:
         f"{'width':>5}  {'MFLOP/image':>11}  {'images/s':>10}  {'roofline img/s':>14}  "
         f"{'% roofline':>10}"
     )
-    recipe = Recipe()
     for width in args.widths:
-        torch.manual_seed(0)
-        model = prepare_model(build_model("resnet18", width, 3, 10), device)
-        loader = DeviceLoader(
-            split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(0)
-        )
-        optimizer, schedule = build_optimizer(
-            model.parameters(), recipe, 0.1, 1 + args.repeats, len(loader)
-        )
-        step_model = compile_step(model) if args.compile else model
+        run = Ptmz(split, width, args, device, 1 + args.repeats, args.compile, 0, args.precision)
         seconds = []
         for repeat in range(1 + args.repeats):
             synchronize(device)
             began = time.perf_counter()
-            train_epoch(step_model, loader, optimizer, schedule, precision=args.precision)
+            run.epoch()
             synchronize(device)
             if repeat:
                 seconds.append(time.perf_counter() - began)

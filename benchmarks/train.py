@@ -84,8 +84,8 @@ def load_data(args) -> tuple[Split, str]:
     return split, f"synthetic: {args.images} random 32x32x3 uint8 images, 10 classes"
 
 
-def make_model(width: int, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)  # both sides start from the same weights
+def make_model(width: int, device: torch.device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # the reference and ptmz with one seed start from the same weights
     return build_model("resnet18", width, 3, 10).to(device)
 
 
@@ -132,7 +132,8 @@ class Reference:
 
 
 class Ptmz:
-    """ptmz's training epoch, set up the way `train_run` sets it up."""
+    """ptmz's training epoch for one seed, set up the way `train_run` sets it up (the
+    benchmarks' one setup of ptmz's side)."""
 
     def __init__(
         self,
@@ -142,19 +143,28 @@ class Ptmz:
         device: torch.device,
         epochs: int,
         compiled: bool = False,
+        seed: int = 0,
+        precision: str = "fp32",
     ):
         recipe = Recipe()  # the published recipe: SGD 0.9 / 5e-4, OneCycle, crop+flip+rot20
         self.loader = DeviceLoader(
-            split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(0)
+            split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(seed)
         )
-        self.model = prepare_model(make_model(width, device), device)
+        self.model = prepare_model(make_model(width, device, seed), device)
         self.step_model = compile_step(self.model) if compiled else self.model
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), recipe, args.lr, epochs, len(self.loader)
         )
+        self.precision = precision
 
     def epoch(self) -> float:
-        return train_epoch(self.step_model, self.loader, self.optimizer, self.schedule)
+        return train_epoch(
+            self.step_model,
+            self.loader,
+            self.optimizer,
+            self.schedule,
+            precision=self.precision,
+        )
 
 
 def timed(run, device: torch.device) -> tuple[float, float]:
