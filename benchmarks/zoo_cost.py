@@ -7,12 +7,13 @@ Per grid point (width w, batch size b), on synthetic data of the zoo dataset's s
 - t_eval(w): seconds per sample of evaluation (`evaluate`, batches of 1024).
 A run costs epochs x (ceil(n_train / b) x t_step + (n_train + n_test) x t_eval), plus the
 epoch-0 evaluation, with the dataset's real sizes. Batch sizes that were not timed get t_step
-from a straight line through the timed ones of the same width (step cost is close to linear in
-b once the device is busy); widths that were not timed are left out and named. Assumes one run
-at a time on the device and no time for loading data or writing checkpoints.
+by linear interpolation between the timed ones of the same width; widths that were not timed are
+left out and named. Assumes one run (or, with --together N, N seeds of a grid point as one
+vectorised model) at a time on the device, and no time for loading data or writing checkpoints.
 
     python benchmarks/zoo_cost.py --zoo digits_resnet18
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --widths 2 8 --batch-sizes 8 128
+    python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.train.loop import build_optimizer, evaluate, prepare_model, resolve_device, train_epoch
 from ptmz.train.spec import Recipe
+from ptmz.train.together import train_epoch_together
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # training and test set sizes, channels, image side, classes
@@ -56,27 +58,41 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_point(cfg, width: int, batch: int, steps: int, device: torch.device) -> float:
-    """Median seconds per training step at (width, batch)."""
+def time_point(
+    cfg, width: int, batch: int, steps: int, device: torch.device, together: int
+) -> float:
+    """Median seconds per training step and run at (width, batch), with `together` seeds
+    stepped as one vectorised model when it is above 1."""
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
-    model = prepare_model(build_model(cfg.model.name, width, channels, classes), device)
     data = synthetic(batch * steps, channels, side, classes)
-    generator = torch.Generator().manual_seed(0)
-    loader = DeviceLoader(
-        data, batch, (0.5,) * channels, (0.25,) * channels, device, recipe.augment, generator
-    )
-    optimizer, schedule = build_optimizer(
-        model.parameters(), recipe, cfg.lr, 2 + 2 * steps, len(loader)
-    )
-    train_epoch(model, loader, optimizer, schedule)  # warm-up: allocator, kernels, caches
+    models, loaders, optimizers, schedules = [], [], [], []
+    for seed in range(together):
+        model = build_model(cfg.model.name, width, channels, classes)
+        models.append(prepare_model(model, device))
+        generator = torch.Generator().manual_seed(seed)
+        norm = (0.5,) * channels, (0.25,) * channels
+        loaders.append(DeviceLoader(data, batch, *norm, device, recipe.augment, generator))
+        optimizer, schedule = build_optimizer(
+            model.parameters(), recipe, cfg.lr, 2 + 2 * steps, len(loaders[0])
+        )
+        optimizers.append(optimizer)
+        schedules.append(schedule)
+
+    def epoch() -> None:
+        if together == 1:
+            train_epoch(models[0], loaders[0], optimizers[0], schedules[0])
+        else:
+            train_epoch_together(models, loaders, optimizers, schedules)
+
+    epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice
     times = []
     for _ in range(2):
         sync(device)
         began = time.perf_counter()
-        train_epoch(model, loader, optimizer, schedule)
+        epoch()
         sync(device)
-        times.append((time.perf_counter() - began) / len(loader))
+        times.append((time.perf_counter() - began) / (len(loaders[0]) * together))
     return statistics.median(times)
 
 
@@ -95,13 +111,13 @@ def time_eval(cfg, width: int, device: torch.device, samples: int = 2048) -> flo
 
 
 def step_time(timed: dict[int, float], batch: int) -> float:
-    """t_step at `batch` from the timed batch sizes of one width (a line through them)."""
-    if batch in timed:
-        return timed[batch]
-    if len(timed) < 2:
-        raise SystemExit(f"batch size {batch}: time at least two batch sizes per width")
-    slope, intercept = np.polyfit(list(timed), list(timed.values()), 1)
-    return max(float(intercept + slope * batch), min(timed.values()))
+    """t_step at `batch` from the timed batch sizes of one width: linear between the nearest
+    timed ones (flat while the device is not yet busy, proportional once it is), and
+    proportional to the batch beyond the largest."""
+    sizes = sorted(timed)
+    if batch > sizes[-1]:
+        return timed[sizes[-1]] * batch / sizes[-1]
+    return float(np.interp(batch, sizes, [timed[b] for b in sizes]))
 
 
 def main() -> None:
@@ -111,6 +127,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: the zoo's")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per grid point")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
     args = parser.parse_args()
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -135,7 +152,9 @@ def main() -> None:
     for width in widths:
         evals[width] = time_eval(cfg, width, device)
         for batch in batches:
-            steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, args.steps, device)
+            steps.setdefault(width, {})[batch] = time_point(
+                cfg, width, batch, args.steps, device, args.together
+            )
 
     total, per_width = 0.0, {}
     for width in grid["width"]:
@@ -159,7 +178,8 @@ def main() -> None:
     )
     print(
         f"projected: {total / 3600:.2f} device-hours ({total / 60:.1f} min) for "
-        f"{len(per_width) * len(grid['batch_size']) * len(grid['seed'])} runs, one at a time"
+        f"{len(per_width) * len(grid['batch_size']) * len(grid['seed'])} runs, "
+        + ("one at a time" if args.together == 1 else f"{args.together} seeds at a time")
         + (f"; widths {missing} not timed, not included" if missing else "")
     )
 

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# The GPU check: install, run the tests that need CUDA, then the speed benchmarks on CUDA.
-# One call on a GPU machine, about 8 minutes on an H100:
+# The GPU check: install, time training on CUDA next to the roofline, project the published
+# zoo's cost, run the tests that need CUDA, then the side-by-side benchmarks. One call on a GPU
+# machine, about 7 minutes on an H100:
 #
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 #
+# Steps run in the order of what matters most, each under its own time limit, and a failed step
+# does not stop the ones after it: one call gives every number it can.
+#
 # A machine with no package index needs hydra-core, omegaconf and antlr4-python3-runtime
 # (the tests' and zoo_cost.py's config composition) as wheels in .whl/, made where pip works:
-#   pip download --no-deps --only-binary=:all: -d .whl hydra-core omegaconf antlr4-python3-runtime==4.9.3
-set -euo pipefail
+#   pip download --no-deps --only-binary=:all: -d .whl hydra-core omegaconf
+#   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
+failed=()
 
-step() { echo; echo "=== $* ($(date +%T))"; }
+step() {  # step SECONDS TITLE COMMAND...
+    local limit=$1 title=$2
+    shift 2
+    echo
+    echo "=== $title ($(date +%T), at most ${limit}s)"
+    timeout "$limit" "$@" || { echo "=== FAILED ($?): $title"; failed+=("$title"); }
+}
 
-step install
 if [ -d .whl ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/ptmz-site .whl/*.whl
     export PYTHONPATH=/tmp/ptmz-site${PYTHONPATH:+:$PYTHONPATH}
@@ -23,18 +34,23 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # ptmz itself, without touch
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-step "CUDA tests"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py -k "cuda or float64"
+step 60 "images/s per width next to the roofline (benchmarks/throughput.py)" \
+    "$PYTHON" benchmarks/throughput.py --device cuda --widths 2 8 32 128 --batch 128 --images 16384
+zoo=(benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --batch-sizes 8 32 128 1024 --steps 5)
+step 90 "the 192-model CIFAR-10 ResNet-18 zoo, 3 seeds together, projected (zoo_cost.py)" \
+    "$PYTHON" "${zoo[@]}" --together 3
+step 75 "the same zoo, one run at a time, projected (zoo_cost.py)" "$PYTHON" "${zoo[@]}"
+step 100 "CUDA tests" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
+    -k "cuda or float64"
+step 75 "compiled, width 8 (benchmarks/throughput.py --compile)" \
+    "$PYTHON" benchmarks/throughput.py --device cuda --widths 8 --batch 128 --images 16384 --compile
+step 45 "3 seeds together vs one after another (benchmarks/seeds.py)" \
+    "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
+    --images 1024 --repeats 2
+step 50 "training epoch vs the published-style loop (benchmarks/train.py)" \
+    "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 32 --images 8192 --repeats 3 \
+    --workers 8
 
-step "training epoch vs the published-style loop (benchmarks/train.py)"
-"$PYTHON" benchmarks/train.py --device cuda --widths 2 8 32 --images 8192 --repeats 3 --workers 8 --compile
-
-step "images/s per width next to the roofline (benchmarks/throughput.py)"
-"$PYTHON" benchmarks/throughput.py --device cuda --widths 2 8 32 128 --batch 128 --images 16384
-"$PYTHON" benchmarks/throughput.py --device cuda --widths 8 --batch 128 --images 16384 --compile
-
-step "3 seeds together vs one after another (benchmarks/seeds.py)"
-"$PYTHON" benchmarks/seeds.py --device cuda --widths 2 4 8 16 --batches 8 32 128 --images 1024
-
-step "the 192-model CIFAR-10 ResNet-18 zoo, projected (benchmarks/zoo_cost.py)"
-"$PYTHON" benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --steps 10
+echo
+if [ ${#failed[@]} -eq 0 ]; then echo "=== all steps passed"; else printf '=== failed: %s\n' "${failed[@]}"; exit 1; fi

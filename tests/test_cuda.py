@@ -32,8 +32,9 @@ def test_cuda_run_is_channels_last_and_saves_plain_weights(tmp_path):
     recorded = RunDir(spec.run_dir).records[-1]["test_acc"]
     assert reevaluated_test_acc(spec) == pytest.approx(recorded, abs=3 / 450)  # TF32 vs fp32
     spec2 = RunSpec(out_dir=str(tmp_path / "fresh"), **TINY)
-    cuda = torch.device("cuda")
-    trainee = Trainee(spec2, RunDir(spec2.run_dir), data_for(spec2, cuda), cuda)
+    cuda, run = torch.device("cuda"), RunDir(spec2.run_dir)
+    run.create(spec2.to_dict())
+    trainee = Trainee(spec2, run, data_for(spec2, cuda), cuda)
     assert trainee.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -28,6 +28,30 @@ class Draws:
     flips: torch.Tensor | None  # (N,) bool
     angles: torch.Tensor | None  # (N,) float64
 
+    @staticmethod
+    def cat(parts: list[Draws]) -> Draws:
+        """The draws of consecutive batches as one."""
+        first = parts[0]
+        return Draws(
+            None if first.offsets is None else torch.cat([p.offsets for p in parts], 1),
+            None if first.flips is None else torch.cat([p.flips for p in parts]),
+            None if first.angles is None else torch.cat([p.angles for p in parts]),
+        )
+
+    def to(self, device: torch.device) -> Draws:
+        return Draws(*(None if t is None else t.to(device) for t in self._fields()))
+
+    def __getitem__(self, samples: slice) -> Draws:
+        offsets, flips, angles = self._fields()
+        return Draws(
+            None if offsets is None else offsets[:, samples],
+            None if flips is None else flips[samples],
+            None if angles is None else angles[samples],
+        )
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return self.offsets, self.flips, self.angles
+
 
 def draw(n: int, augment: Augment, generator: torch.Generator) -> Draws:
     """Independent draws for `n` samples, with the distributions of torchvision's RandomCrop,

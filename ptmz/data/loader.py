@@ -7,16 +7,19 @@ from collections.abc import Iterator
 
 import torch
 
-from ptmz.data.augment import Augment, augment_batch
+from ptmz.data.augment import Augment, Draws, apply, draw
 from ptmz.data.datasets import Split
 
 
 class DeviceLoader:
     """Batches of (normalised float images, labels) from a Split held on `device` as uint8.
 
-    Each pass draws a permutation (and all augmentation draws) from `generator`, so the data
-    order of a run is a function of its seed and resumes exactly from a saved generator state.
-    The last, smaller batch is kept.
+    Each pass draws a permutation, then each batch's augmentation draws in turn, from
+    `generator`, so the data order of a run is a function of its seed and resumes exactly from a
+    saved generator state. The last, smaller batch is kept.
+
+    All draws of a pass are made up front and sent to the device in one copy: a copy from host
+    memory per step would make the host wait for the device every step.
     """
 
     def __init__(
@@ -47,9 +50,14 @@ class DeviceLoader:
             order = torch.arange(n, device=self.labels.device)
         else:
             order = torch.randperm(n, generator=self.generator).to(self.labels.device)
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
-            x = self.images[index]
+        starts = range(0, n, self.batch_size)
+        if self.augment is not None:
+            sizes = [min(self.batch_size, n - start) for start in starts]
+            per_batch = [draw(size, self.augment, self.generator) for size in sizes]
+            draws = Draws.cat(per_batch).to(self.labels.device)
+        for start in starts:
+            batch = slice(start, start + self.batch_size)
+            x, y = self.images[order[batch]], self.labels[order[batch]]
             if self.augment is not None:
-                x = augment_batch(x, self.augment, self.generator)
-            yield (x.float() - self.mean) / self.std, self.labels[index]
+                x = apply(x, self.augment, draws[batch])
+            yield (x.float() - self.mean) / self.std, y

@@ -24,11 +24,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` on `device`, channels_last on CUDA (cuDNN's fastest convolution layouts; the
-    same math, and state dicts are saved contiguous)."""
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
+    """`model` on `device`; on CUDA in channels_last (cuDNN's fastest convolution layouts; the
+    same math, and state dicts are saved contiguous) unless asked not to, and with cuDNN timing
+    its algorithms once per shape to keep the fastest (a run's shapes repeat every step).
+
+    Compiled models stay contiguous: torch 2.11's inductor was seen to fail a stride assertion
+    in a channels_last convolution backward where the spatial size is 1x1."""
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
     return model.to(device)
 
 

@@ -72,7 +72,8 @@ class Trainee:
     ) -> None:
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, spec.width, data.in_channels, data.num_classes)
-        self.spec, self.run, self.model = spec, run, prepare_model(model, device)
+        self.spec, self.run = spec, run
+        self.model = prepare_model(model, device, channels_last=not spec.compile)
         self.generator = data_generator(spec.seed)
         train, mean, std = data.train, data.mean, data.std
         self.loader = DeviceLoader(

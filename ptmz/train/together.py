@@ -34,9 +34,15 @@ class ModelStack:
     cross-entropy of a stacked batch."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
-        self.params, self.buffers = stack_module_state(list(models))
+        params, self.buffers = stack_module_state(list(models))
+        # Contiguous whatever the models' layout: torch 2.11's vmap of batch norm cannot query
+        # a channels_last layout.
+        self.params = {k: p.detach().contiguous().requires_grad_() for k, p in params.items()}
         # The architecture without storage: functional_call supplies every tensor.
         self.skeleton = copy.deepcopy(models[0]).to("meta").train()
+        for module in self.skeleton.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.forward = _without_cudnn(module.forward)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (M, B, ...) and y (M, B): each model's mean cross-entropy on its own batch, (M,)."""
@@ -52,6 +58,22 @@ class ModelStack:
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
                 stacked = self.params.get(name, self.buffers.get(name))
                 tensor.copy_(stacked[i])
+
+
+def _without_cudnn(forward: Callable[[torch.Tensor], torch.Tensor]):
+    """`forward` with cuDNN off: cuDNN's batch norm asks its input for a channels_last layout,
+    which a vmapped input cannot answer (torch 2.11 on CUDA); the native kernel it falls back to
+    has a batching rule. Convolutions keep cuDNN."""
+
+    def without_cudnn(x: torch.Tensor) -> torch.Tensor:
+        enabled = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+        try:
+            return forward(x)
+        finally:
+            torch.backends.cudnn.enabled = enabled
+
+    return without_cudnn
 
 
 def _paired_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
