@@ -68,7 +68,7 @@ def time_point(
     data = synthetic(batch * steps, channels, side, classes)
     models, loaders, optimizers, schedules = [], [], [], []
     for seed in range(together):
-        model = build_model(cfg.model.name, width, channels, classes)
+        model = build_model(cfg.model.name, width, channels, classes, side)
         models.append(prepare_model(model, device))
         generator = torch.Generator().manual_seed(seed)
         norm = (0.5,) * channels, (0.25,) * channels
@@ -99,7 +99,8 @@ def time_point(
 def time_eval(cfg, width: int, device: torch.device, samples: int = 2048) -> float:
     """Seconds per sample of evaluation at `width`."""
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
-    model = prepare_model(build_model(cfg.model.name, width, channels, classes), device)
+    model = build_model(cfg.model.name, width, channels, classes, side)
+    model = prepare_model(model, device)
     data = synthetic(samples, channels, side, classes)
     loader = DeviceLoader(data, 1024, (0.5,) * channels, (0.25,) * channels, device)
     evaluate(model, loader)

@@ -16,6 +16,20 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# population-task settings small enough for tests
+FAST = {
+    "hessian": [
+        "task.samples=128",
+        "task.batch_size=64",
+        "task.max_iter=20",
+        "task.trace_probes=8",
+    ],
+    "cka": ["task.samples=256", "task.batch_size=128"],
+    "curve": ["task.epochs=1", "task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
+    "interpolate": ["task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
+}
+
+
 def launch(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python launch.py OVERRIDES` as a user runs it, single-threaded so runs are bitwise
     reproducible across processes."""

@@ -11,19 +11,7 @@ import pytest
 from ptmz.tasks import run_task
 from ptmz.zoo.population import Population
 
-from conftest import launch, write_published
-
-FAST = {
-    "hessian": [
-        "task.samples=128",
-        "task.batch_size=64",
-        "task.max_iter=20",
-        "task.trace_probes=8",
-    ],
-    "cka": ["task.samples=256", "task.batch_size=128"],
-    "curve": ["task.epochs=1", "task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
-    "interpolate": ["task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
-}
+from conftest import FAST, launch, write_published
 
 
 @pytest.fixture(params=["ptmz", "published"])

@@ -57,6 +57,10 @@ class ImageDataset:
     def in_channels(self) -> int:
         return self.train.images.shape[1]
 
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
 
 def _split(images: np.ndarray | torch.Tensor, labels, channels_last: bool = False) -> Split:
     images = torch.as_tensor(images)
@@ -170,6 +174,18 @@ DATASETS: dict[str, tuple[Loader, int, tuple, tuple]] = {
     "mnist": (_torchvision_pair("MNIST"), 10, (0.1307,), (0.3081,)),
     "fashionmnist": (_torchvision_pair("FashionMNIST"), 10, (0.2860,), (0.3530,)),
     "tinyimagenet": (_tinyimagenet, 200, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+}
+
+
+# name -> image side in pixels, for models built without loading the data
+IMAGE_SIZES = {
+    "digits": 8,
+    "cifar10": 32,
+    "cifar100": 32,
+    "svhn": 32,
+    "mnist": 28,
+    "fashionmnist": 28,
+    "tinyimagenet": 64,
 }
 
 

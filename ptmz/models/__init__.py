@@ -8,15 +8,20 @@ from torch import nn
 
 from ptmz.errors import ConfigError, choose
 from ptmz.models.resnet import DEPTHS, ResNet, resnet
+from ptmz.models.vit import ViT, vit
 
-MODELS = {name: partial(resnet, name) for name in DEPTHS}
+MODELS = {**{name: partial(resnet, name) for name in DEPTHS}, "vit": vit}
 
 
-def build_model(name: str, width: int, in_channels: int, num_classes: int) -> nn.Module:
+def build_model(
+    name: str, width: int, in_channels: int, num_classes: int, image_size: int = 32
+) -> nn.Module:
+    """The `name` family at `width` for images of `in_channels` x `image_size` pixels (the
+    ResNets take any size; a ViT's patches and positions depend on it)."""
     builder = choose("model", name, MODELS)
     if width < 1:
         raise ConfigError("width", width, "a positive integer")
-    return builder(width=width, in_channels=in_channels, num_classes=num_classes)
+    return builder(width, in_channels, num_classes, image_size)
 
 
-__all__ = ["MODELS", "ResNet", "build_model", "resnet"]
+__all__ = ["MODELS", "ResNet", "ViT", "build_model", "resnet", "vit"]

@@ -68,6 +68,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet(depth: str, width: int, in_channels: int = 3, num_classes: int = 10) -> ResNet:
+def resnet(
+    depth: str, width: int, in_channels: int = 3, num_classes: int = 10, image_size: int = 32
+) -> ResNet:
+    """ResNet-`depth` at `width`; any `image_size` (the stem is convolutional, the head pools)."""
     block, layers = DEPTHS[depth]
     return ResNet(block, layers, width, in_channels, num_classes)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -76,9 +78,23 @@ def build_optimizer(
         )
     elif r.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif r.schedule == "warmup_cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, total=total))
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     return opt, sched
+
+
+WARMUP = 0.05  # of all steps, in warmup_cosine
+
+
+def warmup_cosine(step: int, total: int) -> float:
+    """The learning-rate factor at `step`: linear from 1/w to 1 over the first w = 5% of the
+    steps, then a cosine from 1 to 0 (the usual transformer schedule)."""
+    warm = max(1, round(WARMUP * total))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 @torch.no_grad()

@@ -71,7 +71,9 @@ class Trainee:
         self, spec: RunSpec, run: RunDir, data: ImageDataset, device: torch.device
     ) -> None:
         torch.manual_seed(spec.seed)
-        model = build_model(spec.model, spec.width, data.in_channels, data.num_classes)
+        model = build_model(
+            spec.model, spec.width, data.in_channels, data.num_classes, data.image_size
+        )
         self.spec, self.run = spec, run
         self.model = prepare_model(model, device, channels_last=not spec.compile)
         self.generator = data_generator(spec.seed)

@@ -14,7 +14,7 @@ from ptmz.errors import ConfigError, choose
 from ptmz.models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
+SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 TEMPERATURES = ("batch_size", "lr")  # the noise of training
@@ -29,7 +29,7 @@ class Recipe:
     optimizer: str = "sgd"
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # OneCycleLR(max_lr=lr) stepped per batch
+    schedule: str = "onecycle"  # OneCycleLR(max_lr=lr) stepped per batch; see build_optimizer
     augment: Augment = field(default_factory=Augment)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptmz.data.datasets import DATASETS
+from ptmz.data.datasets import DATASETS, IMAGE_SIZES
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.models.resnet import DEPTHS
@@ -119,8 +119,9 @@ class Run:
         state = self.state_dict(epoch)
         if self.format == "ptmz":
             c = self.config
-            channels = len(DATASETS[c["dataset"]][2])
-            model = build_model(c["model"], c["width"], channels, DATASETS[c["dataset"]][1])
+            _, classes, mean, _ = DATASETS[c["dataset"]]
+            size = IMAGE_SIZES[c["dataset"]]
+            model = build_model(c["model"], c["width"], len(mean), classes, size)
         else:
             model = build_model(**_published_architecture(state))
         model.load_state_dict(state, strict=True)
