@@ -30,7 +30,8 @@ from hydra import compose, initialize_config_dir
 
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
-from ptmz.train.loop import build_optimizer, evaluate, prepare_model, resolve_device, train_epoch
+from ptmz.objectives import evaluate
+from ptmz.train.loop import build_optimizer, prepare_model, resolve_device, train_epoch
 from ptmz.train.spec import Recipe
 from ptmz.train.together import train_epoch_together
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,6 +42,6 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN or infinity: a diverged metric is stored as null."""
-    return value if value == value and abs(value) != float("inf") else None
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a diverged (or undefined) metric is stored as null."""
+    return value if value is not None and math.isfinite(value) else None

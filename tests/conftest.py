@@ -44,6 +44,23 @@ def launch(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess
     )
 
 
+def small_zoo(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """`python launch.py -m zoo=NAME OVERRIDES` into `tmp_path`; the zoo's folder."""
+    swept = launch("-m", f"zoo={name}", *overrides, f"out_dir={tmp_path / 'zoos'}")
+    assert swept.returncode == 0, swept.stderr
+    return tmp_path / "zoos" / name
+
+
+def landscape_tasks(config, zoo: Path, runs: int, grid_points: int) -> None:
+    """hessian, cka, curve and interpolate on `zoo` with test-sized settings: a result for
+    every run (hessian) or grid point (the others)."""
+    from ptmz.tasks import run_task
+
+    for task in ("hessian", "cka", "curve", "interpolate"):
+        args = [f"task={task}", f"population={zoo}", "progress=false", *FAST[task]]
+        assert run_task(config(*args))["computed"] == (runs if task == "hessian" else grid_points)
+
+
 def popen_launch(*overrides: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(

@@ -72,7 +72,8 @@ def test_missing_dataset_names_dataset_path_and_remedy(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_names():
-    with pytest.raises(ConfigError, match=r"dataset='imagenet'.*cifar10, cifar100, digits"):
+    names = r"cifar10, cifar100, convection, digits"
+    with pytest.raises(ConfigError, match=rf"dataset='imagenet'.*{names}"):
         load_dataset("imagenet")
 
 

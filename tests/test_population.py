@@ -24,7 +24,8 @@ def test_ptmz_population_groups_seeds_into_grid_points(digits_population):
     assert run.path.parent == digits_population
     assert run.checkpoint_epochs == [0, 1, 2, 3]
     assert [r["epoch"] for r in run.records] == [0, 1, 2, 3]
-    assert run.grid == {"width": 4, "batch_size": 32, "lr": 0.1, "data_fraction": 1.0, "seed": 0}
+    grid = {"width": 4, "batch_size": 32, "lr": 0.1, "data_fraction": 1.0, "beta": None}
+    assert run.grid == {**grid, "seed": 0}
 
 
 def test_published_population_loads_the_same_networks(digits_population, published_population):

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import ptmz.objectives
 import ptmz.train.run
 from ptmz.train import RunSpec, train_run
 from ptmz.zoo import RunDir
@@ -67,7 +68,7 @@ def test_exception_marks_run_failed_with_the_error(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     spec = RunSpec(out_dir=str(tmp_path), **TINY)
-    monkeypatch.setattr(ptmz.train.run, "evaluate", broken)
+    monkeypatch.setattr(ptmz.objectives, "evaluate", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         train_run(spec)
     status = RunDir(spec.run_dir).status

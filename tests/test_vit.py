@@ -17,7 +17,7 @@ from ptmz.tasks import run_task
 from ptmz.train import Recipe
 from ptmz.train.loop import build_optimizer
 
-from conftest import FAST, launch
+from conftest import landscape_tasks, small_zoo
 
 
 @pytest.mark.parametrize("width, heads", [(16, 1), (64, 2)])
@@ -48,17 +48,10 @@ def test_heads_grow_with_width_and_bad_widths_are_named():
 
 
 def test_digits_vit_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
-    out = tmp_path / "zoos"
-    swept = launch(
-        "-m", "zoo=digits_vit", "width=8", "batch_size=64", "seed=0,1", "epochs=2", f"out_dir={out}"
-    )
-    assert swept.returncode == 0, swept.stderr
-    zoo = out / "digits_vit"
+    zoo = small_zoo(tmp_path, "digits_vit", "width=8", "batch_size=64", "seed=0,1", "epochs=2")
     runs = sorted(p for p in zoo.iterdir() if p.name.startswith("w8_bs64"))
     assert len(runs) == 2
-    for task in ("hessian", "cka", "curve", "interpolate"):
-        args = [f"task={task}", f"population={zoo}", "progress=false", *FAST[task]]
-        assert run_task(config(*args))["computed"] == (2 if task == "hessian" else 1)
+    landscape_tasks(config, zoo, runs=2, grid_points=1)
     hessian = json.loads(next(runs[0].glob("landscape/hessian_epoch_0002.json")).read_text())
     assert hessian["train"]["eigenvalues"][0] > 0
     curve = json.loads(next(zoo.glob("landscape/**/curve_epoch_0002.json")).read_text())

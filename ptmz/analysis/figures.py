@@ -36,6 +36,7 @@ from ptmz.analysis.phases import (
 )
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.train.spec import LOADS, TEMPERATURES
+from ptmz.zoo.population import COORDINATES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ AXIS_LABELS = {
     "lr": "temperature: learning rate (larger = noisier)",
     "width": "load: width (wider = less data per parameter)",
     "data_fraction": "load: fraction of the training set",
+    "beta": "load: convection coefficient beta (larger = harder PDE)",
 }
 HOTTEST_FIRST = {"batch_size": True, "lr": False}  # sort ascending?
 PHASE_COLOURS = {
@@ -136,8 +138,10 @@ def _check_axes(grid: pd.DataFrame, axes: Axes2D) -> None:
     if duplicated.any():
         others = [
             c
-            for c in ("width", "batch_size", "lr", "data_fraction")
-            if c not in (axes.temperature, axes.load) and grid[c].nunique(dropna=False) > 1
+            for c in COORDINATES
+            if c in grid
+            and c not in (axes.temperature, axes.load)
+            and grid[c].nunique(dropna=False) > 1
         ]
         raise PtmzError(
             f"several grid points share a ({axes.temperature}, {axes.load}) cell: they also "

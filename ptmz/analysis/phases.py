@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from ptmz.errors import ConfigError
+from ptmz.zoo.population import COORDINATES
 
 PHASES = ("I", "II", "III", "IV-A", "IV-B")
 ROLES = ("loss", "hessian", "mc", "cka")
@@ -92,7 +93,11 @@ class PhaseThresholds:
         "hessian.train.top_eigenvalue",
         "log_hessian_top_ev_val",
     )
-    mc_metric: tuple[str, ...] = ("curve.mean.mc_train_error", "curve_mc_train_error")
+    mc_metric: tuple[str, ...] = (
+        "curve.mean.mc_train_error",
+        "curve_mc_train_error",
+        "curve.mean.mc_train_loss",
+    )
     cka_metric: tuple[str, ...] = ("cka.mean.logits", "representation_similarity")
 
     def __post_init__(self) -> None:
@@ -182,7 +187,7 @@ def pick_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 def grid_point_means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One row per grid point and epoch: its coordinates, number of seeds, and the mean over
     its seeds of `columns` (grid-point results are the same on every seed)."""
-    coordinates = [c for c in ("width", "batch_size", "lr", "data_fraction") if c in table]
+    coordinates = [c for c in COORDINATES if c in table]
     groups = table.groupby(list(GRID_POINT), sort=True, dropna=False)
     out = groups[coordinates].first()
     out["seeds"] = groups["run"].nunique() if "run" in table else groups.size()

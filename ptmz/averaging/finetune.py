@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from ptmz.data import DeviceLoader
-from ptmz.train.loop import build_optimizer, evaluate, train_epoch
+from ptmz.objectives import evaluate
+from ptmz.train.loop import build_optimizer, train_epoch
 from ptmz.train.spec import Recipe
 from ptmz.weights import State, lerp, recalibrate_bn
 

@@ -18,6 +18,10 @@ class Augment:
     hflip: bool = True  # RandomHorizontalFlip(p=0.5)
     rotation: float = 20.0  # RandomRotation(rotation): angle uniform in [-rotation, rotation]
 
+    @property
+    def active(self) -> bool:
+        return bool(self.crop_padding or self.hflip or self.rotation)
+
 
 @dataclass(frozen=True)
 class Draws:
@@ -111,6 +115,6 @@ def apply(x: torch.Tensor, augment: Augment, draws: Draws) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
     """uint8 (N, C, H, W) -> augmented float32 in [0, 255], fresh draws per sample."""
-    if not (augment.crop_padding or augment.hflip or augment.rotation):
+    if not augment.active:
         return x.float()
     return apply(x, augment, draw(len(x), augment, generator))

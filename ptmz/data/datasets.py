@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ptmz.data.convection import convection_points
+from ptmz.data.split import Split
+from ptmz.data.text import CONTEXT, VOCAB, text_windows
 from ptmz.errors import PtmzError, choose
 
 
@@ -27,21 +30,6 @@ class DatasetNotFound(PtmzError):
 
     def __reduce__(self) -> tuple:  # a cluster job pickles its error back to the launcher
         return type(self), self.arguments
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # uint8, (N, C, H, W)
-    labels: torch.Tensor  # int64, (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
-
-    def to(self, device: torch.device) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
 
 
 @dataclass(frozen=True)
@@ -166,7 +154,8 @@ CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
 # name -> (loader, classes, mean, std). The published CIFAR/SVHN zoos share one normalisation.
-DATASETS: dict[str, tuple[Loader, int, tuple, tuple]] = {
+# Points (convection) and token windows (text) are used as they are: no mean and std.
+DATASETS: dict[str, tuple[Loader, int, tuple | None, tuple | None]] = {
     "digits": (_digits, 10, (0.3053,), (0.3759,)),
     "cifar10": (_torchvision_pair("CIFAR10", channels_last=True), 10, CIFAR_MEAN, CIFAR_STD),
     "cifar100": (_torchvision_pair("CIFAR100", channels_last=True), 100, CIFAR_MEAN, CIFAR_STD),
@@ -174,18 +163,22 @@ DATASETS: dict[str, tuple[Loader, int, tuple, tuple]] = {
     "mnist": (_torchvision_pair("MNIST"), 10, (0.1307,), (0.3081,)),
     "fashionmnist": (_torchvision_pair("FashionMNIST"), 10, (0.2860,), (0.3530,)),
     "tinyimagenet": (_tinyimagenet, 200, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+    "convection": (convection_points, 1, None, None),
+    "text": (text_windows, VOCAB, None, None),
 }
 
 
-# name -> image side in pixels, for models built without loading the data
-IMAGE_SIZES = {
-    "digits": 8,
-    "cifar10": 32,
-    "cifar100": 32,
-    "svhn": 32,
-    "mnist": 28,
-    "fashionmnist": 28,
-    "tinyimagenet": 64,
+# name -> (channels, image side) of one input, for models built without loading the data
+INPUT_SHAPES = {
+    "digits": (1, 8),
+    "cifar10": (3, 32),
+    "cifar100": (3, 32),
+    "svhn": (3, 32),
+    "mnist": (1, 28),
+    "fashionmnist": (1, 28),
+    "tinyimagenet": (3, 64),
+    "convection": (2, 2),  # points (x, t)
+    "text": (CONTEXT + 1, CONTEXT + 1),  # token windows
 }
 
 

@@ -12,7 +12,8 @@ from ptmz.data.datasets import Split
 
 
 class DeviceLoader:
-    """Batches of (normalised float images, labels) from a Split held on `device` as uint8.
+    """Batches of (normalised float images, labels) from a Split held on `device` as uint8
+    (or of float points, as they are, when `mean` is None).
 
     Each pass draws a permutation, then each batch's augmentation draws in turn, from
     `generator`, so the data order of a run is a function of its seed and resumes exactly from a
@@ -26,8 +27,8 @@ class DeviceLoader:
         self,
         split: Split,
         batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
         device: torch.device,
         augment: Augment | None = None,
         generator: torch.Generator | None = None,
@@ -35,11 +36,13 @@ class DeviceLoader:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
-        self.augment = augment
+        self.augment = augment if augment is not None and augment.active else None
         self.generator = generator  # None: fixed order, no augmentation draws
-        shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(mean, device=device).view(shape) * 255
-        self.std = torch.tensor(std, device=device).view(shape) * 255
+        self.mean = self.std = None  # float points are used as they are
+        if mean is not None:
+            shape = (1, -1, 1, 1)
+            self.mean = torch.tensor(mean, device=device).view(shape) * 255
+            self.std = torch.tensor(std, device=device).view(shape) * 255
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -60,4 +63,4 @@ class DeviceLoader:
             x, y = self.images[order[batch]], self.labels[order[batch]]
             if self.augment is not None:
                 x = apply(x, self.augment, draws[batch])
-            yield (x.float() - self.mean) / self.std, y
+            yield x if self.mean is None else (x.float() - self.mean) / self.std, y

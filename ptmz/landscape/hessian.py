@@ -37,14 +37,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmz.errors import ConfigError
 from ptmz.models.mode import eval_mode
+from ptmz.train.loop import Loss, cross_entropy
 
 HVP = Callable[[Tensor], Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -85,14 +84,15 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def hvp_fn(
     model: nn.Module,
     batches: list[tuple[Tensor, Tensor]],
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: Loss = cross_entropy,
     *,
     cache_graph: bool = True,
 ) -> HVP:
     """``v -> Hv`` for the mean loss over all samples in ``batches`` (see the module docstring).
 
-    ``loss_fn(outputs, targets)`` must return the mean over its batch. ``v`` is a flat vector of
-    any dtype and device; Hv comes back in v's dtype and device.
+    ``loss_fn(model, inputs, targets)`` must return the mean over its batch (the zoo's
+    objective: cross-entropy, or a PDE loss that differentiates the inputs too). ``v`` is a
+    flat vector of any dtype and device; Hv comes back in v's dtype and device.
 
     HVPs are double backward: with ``cache_graph`` the gradient graph of the whole data set
     (batches concatenated into one) is built once and each HVP only backpropagates through it.
@@ -110,7 +110,7 @@ def hvp_fn(
 
     def gradient(inputs: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
         with eval_mode(model):
-            loss = loss_fn(model(inputs.to(device)), targets.to(device))
+            loss = loss_fn(model, inputs.to(device), targets.to(device))
         # allow_unused/materialize: a parameter the loss does not use has zero Hessian rows.
         return torch.autograd.grad(
             loss, params, create_graph=True, allow_unused=True, materialize_grads=True
@@ -312,7 +312,7 @@ def hessian_metrics(
     density_iter: int = 100,
     density_runs: int = 1,
     seed: int = 0,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: Loss = cross_entropy,
     cache_graph: bool = True,
 ) -> HessianResult:
     """Top-k eigenvalues, trace and (optionally) density of the Hessian defined in the module

@@ -18,15 +18,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ptmz.data import DeviceLoader
-from ptmz.train.loop import evaluate
+from ptmz.objectives import CLASSIFICATION, Objective
+from ptmz.train.loop import Loss, cross_entropy
 from ptmz.weights import State, bezier, lerp, recalibrate_bn
 
 
@@ -59,12 +60,14 @@ class PathData:
     bn: DeviceLoader
     train: DeviceLoader
     test: DeviceLoader
+    objective: Objective = CLASSIFICATION  # the loss and error measured (and curves fit to)
 
 
 def evaluate_path(
     model: nn.Module, point: Callable[[float], State], ts: Sequence[float], data: PathData
 ) -> dict[str, list[float]]:
-    """Loss and error (1 - accuracy) on train and test data at every t of a path."""
+    """Loss and error (the objective's: 1 - accuracy for classifiers) on train and test data
+    at every t of a path; None where the objective has no error on a split."""
     out: dict[str, list[float]] = {
         "t": list(ts),
         "train_loss": [],
@@ -77,15 +80,15 @@ def evaluate_path(
         probe.load_state_dict(point(t))
         recalibrate_bn(probe, data.bn)
         for split, loader in (("train", data.train), ("test", data.test)):
-            loss, acc = evaluate(probe, loader)
-            out[f"{split}_loss"].append(loss)
-            out[f"{split}_error"].append(1 - acc)
+            scores = data.objective.evaluate(probe, loader)
+            out[f"{split}_loss"].append(scores["loss"])
+            out[f"{split}_error"].append(data.objective.error(scores))
     return out
 
 
 def _summaries(path: dict[str, list[float]], metric: Callable, name: str) -> dict[str, float]:
     keys = ("train_loss", "train_error", "test_loss", "test_error")
-    return {f"{name}_{k}": metric(path[k]) for k in keys}
+    return {f"{name}_{k}": metric(path[k]) for k in keys if None not in path[k]}
 
 
 def interpolation_metrics(
@@ -126,11 +129,12 @@ def fit_bezier(
     loader: DeviceLoader,
     settings: CurveSettings = CurveSettings(),
     progress: bool = False,
+    loss_fn: Loss = cross_entropy,
 ) -> State:
     """Train the middle bend of a quadratic Bezier curve from a to b (ends fixed) and return it.
 
     The bend starts at the midpoint of the line. Each step samples t ~ U(0, 1) and minimises the
-    cross-entropy of the network at theta(t) plus 0.5 * l2 * ||theta(t)||^2, through
+    loss (the zoo's objective) of the network at theta(t) plus 0.5 * l2 * ||theta(t)||^2, through
     `torch.func.functional_call`, so any nn.Module works without a curve-specific class.
     """
     net = copy.deepcopy(model).train()
@@ -147,7 +151,7 @@ def fit_bezier(
         for x, y in loader:
             t = torch.rand((), generator=generator).item()
             theta = bezier(ends[0], bend, ends[1], t)
-            loss = F.cross_entropy(functional_call(net, theta, (x,)), y)
+            loss = loss_fn(partial(functional_call, net, theta), x, y)
             loss = loss + 0.5 * settings.l2 * sum(p.pow(2).sum() for p in theta.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -167,7 +171,7 @@ def curve_metrics(
     progress: bool = False,
 ) -> dict:
     """Fit a Bezier curve from a to b and measure it: mc, mc_interior and the E(t) arrays."""
-    bend = fit_bezier(model, a, b, train_loader, settings, progress)
+    bend = fit_bezier(model, a, b, train_loader, settings, progress, data.objective.loss)
     full_bend = {**a, **{n: v.to(a[n].device) for n, v in bend.items()}}
     ts = torch.linspace(0, 1, settings.points).tolist()
     path = evaluate_path(model, lambda t: bezier(a, full_bend, b, t), ts, data)

@@ -7,21 +7,25 @@ from functools import partial
 from torch import nn
 
 from ptmz.errors import ConfigError, choose
+from ptmz.models.gpt import GPT, gpt
+from ptmz.models.mlp import MLP, mlp
 from ptmz.models.resnet import DEPTHS, ResNet, resnet
 from ptmz.models.vit import ViT, vit
 
-MODELS = {**{name: partial(resnet, name) for name in DEPTHS}, "vit": vit}
+MODELS = {**{name: partial(resnet, name) for name in DEPTHS}, "vit": vit, "mlp": mlp, "gpt": gpt}
 
 
 def build_model(
     name: str, width: int, in_channels: int, num_classes: int, image_size: int = 32
 ) -> nn.Module:
-    """The `name` family at `width` for images of `in_channels` x `image_size` pixels (the
-    ResNets take any size; a ViT's patches and positions depend on it)."""
+    """The `name` family at `width` for inputs of `in_channels` x `image_size` pixels (the
+    ResNets take any size; a ViT's patches and positions depend on it; an MLP takes
+    `in_channels` features; a GPT reads token windows of `image_size`) and `num_classes`
+    outputs (a GPT's vocabulary)."""
     builder = choose("model", name, MODELS)
     if width < 1:
         raise ConfigError("width", width, "a positive integer")
     return builder(width, in_channels, num_classes, image_size)
 
 
-__all__ = ["MODELS", "ResNet", "ViT", "build_model", "resnet", "vit"]
+__all__ = ["GPT", "MLP", "MODELS", "ResNet", "ViT", "build_model", "gpt", "mlp", "resnet", "vit"]

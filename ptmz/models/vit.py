@@ -27,10 +27,19 @@ def patch_size(image_size: int) -> int:
     return 2 if image_size < 16 else 4 if image_size <= 32 else 8
 
 
+def heads_for(width: int) -> int:
+    """Heads of HEAD_DIM dimensions; a single head below that."""
+    if width > HEAD_DIM and width % HEAD_DIM:
+        raise ConfigError("width", width, f"below {HEAD_DIM} or a multiple of {HEAD_DIM}")
+    return max(1, width // HEAD_DIM)
+
+
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    """Multi-head self-attention; `causal`: each token attends to itself and earlier ones."""
+
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -38,15 +47,19 @@ class Attention(nn.Module):
         n, tokens, width = x.shape
         head_dim = width // self.heads
         q, k, v = self.qkv(x).view(n, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-        weights = (q @ k.transpose(-2, -1) * head_dim**-0.5).softmax(-1)
+        scores = q @ k.transpose(-2, -1) * head_dim**-0.5
+        if self.causal:
+            later = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(later, float("-inf"))
+        weights = scores.softmax(-1)
         return self.proj((weights @ v).transpose(1, 2).reshape(n, tokens, width))
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, causal)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
@@ -62,9 +75,7 @@ class ViT(nn.Module):
         self, width: int, depth: int, in_channels: int, num_classes: int, image_size: int
     ) -> None:
         super().__init__()
-        heads = max(1, width // HEAD_DIM)
-        if width > HEAD_DIM and width % HEAD_DIM:
-            raise ConfigError("width", width, f"below {HEAD_DIM} or a multiple of {HEAD_DIM}")
+        heads = heads_for(width)
         patch = patch_size(image_size)
         if image_size % patch:
             raise ConfigError("image size", image_size, f"a multiple of the patch size {patch}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ptmz.averaging import (
 from ptmz.averaging.align import METHODS
 from ptmz.data import DeviceLoader, ImageDataset, load_dataset
 from ptmz.errors import ConfigError
+from ptmz.objectives import classification_only, evaluate
 from ptmz.tasks.pairs import grid_point_task
 from ptmz.tasks.population import (
     Workspace,
@@ -33,10 +35,23 @@ from ptmz.tasks.population import (
     training_augment,
 )
 from ptmz.train import Recipe
-from ptmz.train.loop import evaluate
 from ptmz.weights import recalibrate_bn
 from ptmz.zoo.population import Run
 from ptmz.zoo.results import run_result
+
+
+def classifiers_only(task: Callable[[DictConfig], dict[str, int]]):
+    """`task` refusing zoos that are not classifiers: averaging, ensembles, pruning and
+    fine-tuning are measured in accuracy."""
+
+    @functools.wraps(task)
+    def checked(cfg: DictConfig) -> dict[str, int]:
+        ws = Workspace(cfg)
+        if ws.population.runs:
+            classification_only(ws.objective(ws.population.runs[0]), cfg.task.name)
+        return task(cfg)
+
+    return checked
 
 
 def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
@@ -57,6 +72,7 @@ def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]
     return out
 
 
+@classifiers_only
 def average_epochs(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
     runs = shard(ws.population.runs, lambda run: run.name, cfg)
@@ -87,6 +103,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
     )
 
 
+@classifiers_only
 def ensemble(cfg: DictConfig) -> dict[str, int]:
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         models = [r.load_model(epoch).to(ws.device) for r in runs]
@@ -95,6 +112,7 @@ def ensemble(cfg: DictConfig) -> dict[str, int]:
     return grid_point_task(cfg, compare)
 
 
+@classifiers_only
 def prune(cfg: DictConfig) -> dict[str, int]:
     ws = Workspace(cfg)
 
@@ -110,6 +128,7 @@ def prune(cfg: DictConfig) -> dict[str, int]:
     return per_run_task(cfg, ws, "prune", compute)
 
 
+@classifiers_only
 def average_seeds(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
     if t.method not in METHODS:
@@ -136,6 +155,7 @@ def average_seeds(cfg: DictConfig) -> dict[str, int]:
     return grid_point_task(cfg, compare)
 
 
+@classifiers_only
 def finetune_run(cfg: DictConfig) -> dict[str, int]:
     """task=finetune: fine-tune each run on the target dataset, then the WiSE-FT curve."""
     ws, t = Workspace(cfg), cfg.task

@@ -1,5 +1,5 @@
 """task=hessian: top eigenvalue(s) and trace of the loss Hessian of every run (one file per
-run and epoch), on fixed unaugmented train and test samples."""
+run and epoch), on fixed unaugmented train and test samples; the loss is the zoo's objective."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
                 density=t.density,
                 seed=t.seed,
                 cache_graph=t.cache_graph,
+                loss_fn=ws.objective(run).loss,
             ).to_dict()
         return out
 

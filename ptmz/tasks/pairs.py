@@ -58,6 +58,7 @@ def _path_data(ws: Workspace, run: Run, t: DictConfig) -> PathData:
         bn=ws.loader(train, t.batch_size, t.bn_samples),
         train=ws.loader(train, t.batch_size, t.eval_samples),
         test=ws.loader(ws.data.test, t.batch_size, t.eval_samples),
+        objective=ws.objective(run),
     )
 
 

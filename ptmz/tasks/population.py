@@ -30,6 +30,7 @@ from ptmz.data import (
 )
 from ptmz.errors import ConfigError
 from ptmz.io import read_json, write_json
+from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
 from ptmz.zoo.population import Population, Run
 from ptmz.zoo.results import run_result
@@ -75,6 +76,10 @@ class Workspace:
     @cached_property
     def data(self) -> ImageDataset:
         return load_dataset(self.population.dataset, self.cfg.data_root, self.cfg.dataset.download)
+
+    def objective(self, run: Run) -> Objective:
+        """What `run` was trained on: its loss and metric (published runs are classifiers)."""
+        return objective_for(self.population.dataset, run.config)
 
     def train_split(self, run: Run) -> Split:
         """The training data `run` was trained on (its stratified subset)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.errors import ConfigError
@@ -24,7 +25,11 @@ def sweep_grid(cfg: DictConfig) -> list[dict[str, object]]:
     for key, text in (HydraConfig.get().sweeper.params or {}).items():
         if "(" in str(text):
             raise ConfigError(key, text, "a comma-separated list (status expands no functions)")
-        axes[key] = [yaml.safe_load(item) for item in str(text).split(",")]
+        # Hydra's own grammar, as -m reads the sweep: 1e-4 is a number there, not in YAML
+        (override,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+        axes[key] = (
+            list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        )
     for override in HydraConfig.get().overrides.task:
         key, _, text = override.partition("=")
         if key in axes or key in RUN_KEYS:

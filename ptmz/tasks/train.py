@@ -15,6 +15,7 @@ RUN_KEYS = (
     "batch_size",
     "lr",
     "data_fraction",
+    "beta",
     "epochs",
     "seed",
     "subset_seed",

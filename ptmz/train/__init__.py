@@ -1,7 +1,7 @@
 """Training the runs of a zoo: the validated run spec, the training step, and the resumable
 run loop (one run at a time, or the seeds of a grid point together)."""
 
-from ptmz.train.loop import evaluate
+from ptmz.objectives import evaluate
 from ptmz.train.run import train_run, train_together
 from ptmz.train.spec import Recipe, RunSpec
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ptmz.data import DeviceLoader
 from ptmz.errors import ConfigError
+from ptmz.objectives import Loss, cross_entropy
 from ptmz.train.spec import Recipe
 
 
@@ -97,20 +97,6 @@ def warmup_cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode over a whole (unaugmented) split."""
-    model.eval()
-    loss_sum = torch.zeros((), device=loader.labels.device)
-    correct = torch.zeros((), device=loader.labels.device, dtype=torch.long)
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    n = len(loader.labels)
-    return loss_sum.item() / n, correct.item() / n
-
-
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     """The training step's numerics: fp32, or bf16 autocast (matmuls and convolutions in bf16
     with fp32 accumulation; weights, optimizer state and the loss reduction stay fp32).
@@ -128,15 +114,16 @@ def train_epoch(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     on_step: Callable[[], Any] = lambda: None,
     precision: str = "fp32",
+    loss_fn: Loss = cross_entropy,
 ) -> float:
-    """One pass of cross-entropy training over `loader`; the mean training loss of its batches
+    """One pass of training on `loss_fn` over `loader`; the mean training loss of its batches
     (read from the device once, at the end)."""
     model.train()
     device = loader.labels.device
     loss_sum = torch.zeros((), device=device)
     for x, y in loader:
         with autocast(device, precision):
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

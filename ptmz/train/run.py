@@ -20,11 +20,11 @@ from ptmz.data import DeviceLoader, ImageDataset, load_dataset, stratified_subse
 from ptmz.errors import ConfigError
 from ptmz.io import finite_or_none
 from ptmz.models import build_model
+from ptmz.objectives import Classification, objective_for
 from ptmz.train.loop import (
     build_optimizer,
     compile_step,
     data_generator,
-    evaluate,
     prepare_model,
     resolve_device,
     train_epoch,
@@ -75,6 +75,7 @@ class Trainee:
             spec.model, spec.width, data.in_channels, data.num_classes, data.image_size
         )
         self.spec, self.run = spec, run
+        self.objective = objective_for(spec.dataset, spec.to_dict())
         self.model = prepare_model(model, device, channels_last=not spec.compile)
         self.generator = data_generator(spec.seed)
         train, mean, std = data.train, data.mean, data.std
@@ -111,15 +112,11 @@ class Trainee:
             self.run.write_status("running", epoch=self.epoch, **self.info)
 
     def measure(self, epoch: int, **extra: Any) -> dict[str, Any]:
-        train_loss, train_acc = evaluate(self.model, self.eval_train)
-        test_loss, test_acc = evaluate(self.model, self.eval_test)
-        values = dict(
-            train_loss=train_loss,
-            train_acc=train_acc,
-            test_loss=test_loss,
-            test_acc=test_acc,
-            **extra,
-        )
+        values = {}
+        for split, loader in (("train", self.eval_train), ("test", self.eval_test)):
+            scores = self.objective.evaluate(self.model, loader)
+            values.update({f"{split}_{k}": v for k, v in scores.items() if v is not None})
+        values.update(extra)
         return {"epoch": epoch, **{k: finite_or_none(v) for k, v in values.items()}}
 
     def checkpoint(self) -> None:
@@ -142,6 +139,7 @@ class Trainee:
             self.schedule,
             on_step,
             self.spec.precision,
+            self.objective.loss,
         )
 
     def end_epoch(self, batch_loss: float, seconds: float) -> None:
@@ -163,7 +161,7 @@ class Trainee:
             self.run.path.name,
             self.epoch,
             self.spec.epochs,
-            {k: round(v, 4) for k, v in record.items() if k != "epoch"},
+            {k: v if v is None else round(v, 4) for k, v in record.items() if k != "epoch"},
         )
         if self.epoch == self.spec.epochs:
             self._finish("done")
@@ -206,6 +204,12 @@ def train_together(specs: Sequence[RunSpec]) -> list[str]:
         )
     if any(s.compile for s in specs):
         raise ConfigError("compile", True, "false with seeds_together: vmap is not compiled")
+    if not isinstance(objective_for(specs[0].dataset, specs[0].to_dict()), Classification):
+        raise ConfigError(
+            "seeds_together",
+            True,
+            f"false for dataset={specs[0].dataset}: seeds train together for classifiers only",
+        )
     return _train_locked(specs, _vectorised)
 
 
@@ -226,6 +230,8 @@ def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]
         device = resolve_device(specs[0].device)
         if specs[0].compile and device.type != "cuda":
             raise ConfigError("compile", True, f"false on device {device}: compiling is for CUDA")
+        if specs[0].compile and specs[0].dataset == "convection":
+            raise ConfigError("compile", True, "false for dataset=convection (input gradients)")
         data = data_for(specs[0], device)
         with ExitStack() as locks:
             mine = []
@@ -285,7 +291,8 @@ def _one_by_one(trainees: list[Trainee]) -> None:
             began = time.perf_counter()
             batch_loss = trainee.train_epoch(bar.update)
             trainee.end_epoch(batch_loss, time.perf_counter() - began)
-            bar.set_postfix(test_acc=trainee.records[-1]["test_acc"])
+            metric = f"test_{trainee.objective.metric}"
+            bar.set_postfix({metric: trainee.records[-1].get(metric)})
         bar.close()
 
 

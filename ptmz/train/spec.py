@@ -18,8 +18,8 @@ SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 TEMPERATURES = ("batch_size", "lr")  # the noise of training
-LOADS = ("width", "data_fraction")  # data per unit of capacity
-AXIS_TAGS = {"width": "w", "data_fraction": "f", "batch_size": "bs", "lr": "lr"}
+LOADS = ("width", "data_fraction", "beta")  # data per unit of capacity; beta: PDE difficulty
+AXIS_TAGS = {"width": "w", "data_fraction": "f", "beta": "beta", "batch_size": "bs", "lr": "lr"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class RunSpec:
     subset_seed: int = 0  # picks the data_fraction subset; shared by the seeds of a grid point
     recipe: Recipe = field(default_factory=Recipe)
     precision: str = "fp32"  # bf16: the training step under bf16 autocast (evaluation stays fp32)
+    beta: float | None = None  # the convection coefficient (dataset=convection only)
 
     out_dir: str = "zoos"
     data_root: str = "data"
@@ -82,7 +83,13 @@ class RunSpec:
         _check_int("recipe.augment.crop_padding", self.recipe.augment.crop_padding, minimum=0)
         if not 0 < self.data_fraction <= 1:
             raise ConfigError("data_fraction", self.data_fraction, "a number in (0, 1]")
-        if not self.lr > 0:
+        if (self.dataset == "convection") != (self.beta is not None):
+            allowed = "a number >= 0" if self.dataset == "convection" else "null (convection only)"
+            raise ConfigError("beta", self.beta, f"{allowed} for dataset={self.dataset}")
+        number = isinstance(self.beta, int | float) and not isinstance(self.beta, bool)
+        if self.beta is not None and not (number and self.beta >= 0):
+            raise ConfigError("beta", self.beta, "a number >= 0")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
             raise ConfigError("lr", self.lr, "a positive number")
         if not 0 <= self.recipe.augment.rotation <= 180:
             raise ConfigError(
@@ -114,7 +121,8 @@ class RunSpec:
     @property
     def identity(self) -> dict[str, Any]:
         """What determines the trained weights: the content the run id hashes. The default
-        precision is left out, so fp32 runs keep the ids they had before precision existed."""
+        precision and an absent beta are left out, so runs keep the ids they had before those
+        keys existed."""
         names = [f.name for f in fields(self)]
         identity = {
             k: v
@@ -123,6 +131,8 @@ class RunSpec:
         }
         if identity["precision"] == "fp32":
             del identity["precision"]
+        if identity["beta"] is None:
+            del identity["beta"]
         return identity
 
     @property
@@ -163,7 +173,8 @@ def _floats_as_float(obj: Any) -> None:
     """`lr=1` and `lr=1.0` are the same run: store float fields as floats before hashing."""
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+        is_float = f.type in ("float", "float | None")
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))
 
 

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptmz.data.datasets import DATASETS, IMAGE_SIZES
+from ptmz.data.datasets import DATASETS, INPUT_SHAPES
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.models.resnet import DEPTHS
 from ptmz.zoo.rundir import RunDir
 
-GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "seed")
+GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "beta", "seed")
+COORDINATES = GRID_KEYS[:-1]  # of a grid point: the grid keys but the seed
 # config keys that say where or how a run executed, not which experiment it is
 NOT_GRID = {
     "seed",
@@ -119,9 +120,8 @@ class Run:
         state = self.state_dict(epoch)
         if self.format == "ptmz":
             c = self.config
-            _, classes, mean, _ = DATASETS[c["dataset"]]
-            size = IMAGE_SIZES[c["dataset"]]
-            model = build_model(c["model"], c["width"], len(mean), classes, size)
+            channels, size = INPUT_SHAPES[c["dataset"]]
+            model = build_model(c["model"], c["width"], channels, DATASETS[c["dataset"]][1], size)
         else:
             model = build_model(**_published_architecture(state))
         model.load_state_dict(state, strict=True)

@@ -1,0 +1,57 @@
+"""The language-model zoo's data: byte-level token windows of a text corpus.
+
+The corpus is the file `data_root/text.txt`, or every file under `data_root/text/` (sorted by
+path, concatenated); without either, a generated default: 10,000 lines of integer additions
+("417 + 38 = 455"), drawn with a fixed seed. The default needs no download, is the same on every
+machine, and has structure a larger model predicts more of. Tokens are the UTF-8 bytes (a
+vocabulary of 256: no tokenizer to fetch). The first 90% of the tokens train and the last 10%
+test, each cut into non-overlapping windows of CONTEXT + 1 tokens: a window's first CONTEXT
+tokens are the inputs, its last CONTEXT the next-token targets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptmz.data.split import Split
+from ptmz.errors import PtmzError
+
+CONTEXT = 64
+VOCAB = 256
+TEST_SHARE = 0.1
+
+
+def arithmetic(lines: int = 10_000, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 1000, (2, lines))
+    return "".join(f"{x} + {y} = {x + y}\n" for x, y in zip(a, b, strict=True)).encode()
+
+
+def read_corpus(root: Path) -> bytes:
+    if (root / "text.txt").is_file():
+        return (root / "text.txt").read_bytes()
+    if (root / "text").is_dir():
+        files = sorted(p for p in (root / "text").rglob("*") if p.is_file())
+        return b"".join(p.read_bytes() for p in files)
+    return arithmetic()
+
+
+def windows(tokens: torch.Tensor) -> Split:
+    n = (len(tokens) - 1) // CONTEXT
+    starts = torch.arange(n)[:, None] * CONTEXT
+    return Split(tokens[starts + torch.arange(CONTEXT + 1)], torch.zeros(n, dtype=torch.int64))
+
+
+def text_windows(root: Path, download: bool) -> tuple[Split, Split]:
+    """Train and test windows of the corpus under `root` (see the module docstring)."""
+    tokens = torch.frombuffer(bytearray(read_corpus(root)), dtype=torch.uint8).long()
+    cut = int(len(tokens) * (1 - TEST_SHARE))
+    if min(cut, len(tokens) - cut) <= CONTEXT:
+        raise PtmzError(
+            f"dataset=text: the corpus under {root} has {len(tokens)} bytes; it needs more than "
+            f"{int((CONTEXT + 1) / TEST_SHARE)} for a test window of {CONTEXT + 1} tokens"
+        )
+    return windows(tokens[:cut]), windows(tokens[cut:])

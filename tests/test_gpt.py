@@ -1,0 +1,100 @@
+"""The language-model zoo: causal blocks against torch's own layer, the byte-level corpus from
+real files, and a small GPT zoo through training, the landscape tasks and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ptmz.data import load_dataset
+from ptmz.data.text import CONTEXT
+from ptmz.errors import ConfigError, PtmzError
+from ptmz.models import build_model
+from ptmz.models.vit import Block
+from ptmz.tasks import run_task
+from ptmz.zoo import RunDir
+
+from conftest import landscape_tasks, small_zoo
+
+
+def test_causal_block_equals_torchs_layer_with_a_causal_mask():
+    torch.manual_seed(0)
+    width, heads, tokens = 64, 2, 9
+    oracle = nn.TransformerEncoderLayer(
+        width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    block = Block(width, heads, causal=True)
+    block.load_state_dict(
+        {
+            "norm1.weight": oracle.norm1.weight,
+            "norm1.bias": oracle.norm1.bias,
+            "attn.qkv.weight": oracle.self_attn.in_proj_weight,
+            "attn.qkv.bias": oracle.self_attn.in_proj_bias,
+            "attn.proj.weight": oracle.self_attn.out_proj.weight,
+            "attn.proj.bias": oracle.self_attn.out_proj.bias,
+            "norm2.weight": oracle.norm2.weight,
+            "norm2.bias": oracle.norm2.bias,
+            "mlp.0.weight": oracle.linear1.weight,
+            "mlp.0.bias": oracle.linear1.bias,
+            "mlp.2.weight": oracle.linear2.weight,
+            "mlp.2.bias": oracle.linear2.bias,
+        }
+    )
+    x = torch.randn(3, tokens, width)
+    mask = nn.Transformer.generate_square_subsequent_mask(tokens)
+    torch.testing.assert_close(block(x), oracle(x, src_mask=mask, is_causal=True))
+
+
+def test_a_prediction_never_sees_later_tokens():
+    torch.manual_seed(0)
+    model = build_model("gpt", 32, CONTEXT + 1, 256, CONTEXT + 1).eval()
+    tokens = torch.randint(0, 256, (2, CONTEXT))
+    changed = tokens.clone()
+    changed[:, 40:] = torch.randint(0, 256, (2, CONTEXT - 40))
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    assert torch.equal(a[:, :40], b[:, :40]) and not torch.allclose(a[:, 40:], b[:, 40:])
+
+
+def test_corpus_from_a_file_or_a_folder(tmp_path):
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(200)).encode()
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file" / "text.txt").write_bytes(text)
+    data = load_dataset("text", tmp_path / "file", download=False)
+    first = data.train.images[0]
+    assert bytes(first.tolist()) == text[: CONTEXT + 1]
+    assert bytes(data.train.images[1, :1].tolist()) == text[CONTEXT : CONTEXT + 1]  # next window
+    assert bytes(data.test.images[0].tolist()) == text[int(len(text) * 0.9) :][: CONTEXT + 1]
+
+    folder = tmp_path / "folder" / "text"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.txt").write_bytes(text[:3000])
+    (folder / "b" / "c.txt").write_bytes(text[3000:])
+    again = load_dataset("text", tmp_path / "folder", download=False)
+    assert torch.equal(again.train.images, data.train.images)
+
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "text.txt").write_bytes(b"too short")
+    with pytest.raises(PtmzError, match="dataset=text: the corpus under .* has 9 bytes"):
+        load_dataset("text", tmp_path / "small", download=False)
+
+
+def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
+    zoo = small_zoo(tmp_path, "gpt_text", "width=16", "batch_size=64", "seed=0,1", "epochs=1")
+    runs = sorted(zoo.glob("w16_bs64_s*"))
+    for run in runs:
+        first, last = RunDir(run).records[0], RunDir(run).records[-1]
+        assert first["test_loss"] == pytest.approx(5.545, abs=0.05)  # ln 256: a uniform guess
+        assert last["test_loss"] < first["test_loss"] - 1 and last["test_ppl"] == pytest.approx(
+            math.exp(last["test_loss"]), rel=1e-6
+        )
+    landscape_tasks(config, zoo, runs=2, grid_points=1)
+    curve = json.loads(next(zoo.glob("landscape/**/curve_epoch_0001.json")).read_text())
+    assert {"mc_train_loss", "mc_test_loss"} <= set(curve["mean"])
+    assert run_task(config("task=plot", f"population={zoo}"))["files"]
+    with pytest.raises(ConfigError, match="task='ensemble'.*ppl, not accuracy"):
+        run_task(config("task=ensemble", f"population={zoo}"))
