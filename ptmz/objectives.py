@@ -5,10 +5,12 @@ Every training step, Hessian and curve asks its objective for the mean loss of a
 or a module with other weights through `functional_call`). Taking the model rather than its
 outputs lets a physics-informed loss differentiate the network with respect to its inputs.
 
-`evaluate(model, loader)` scores a whole split: its mean loss and the objective's metric,
-recorded as `<split>_loss` and `<split>_<metric>`. `error(scores)` is the metric as an error
-(lower is better), which the curve and interpolation tasks report along the path; None where
-an objective has none (a language model's paths are measured in loss).
+`inputs(batch)` is what the network reads of a batch (all of it, but for a language model's
+windows: all tokens but the last). `evaluate(model, loader)` scores a whole split: its mean
+loss and the objective's metric, recorded as `<split>_loss` and `<split>_<metric>`.
+`error(scores)` is the metric as an error (lower is better), which the curve and interpolation
+tasks report along the path; None where an objective has none (a language model's paths are
+measured in loss).
 
 The convection zoo's loss is the usual PINN loss; larger beta makes it harder to minimise and,
 past beta of about 10 to 20, training typically settles on a wrong, nearly flat solution: the
@@ -55,6 +57,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
 class Objective(Protocol):
     metric: str
 
+    def inputs(self, batch: Tensor) -> Tensor: ...
+
     def loss(self, model: Model, inputs: Tensor, targets: Tensor) -> Tensor: ...
 
     def evaluate(self, model: nn.Module, loader: DeviceLoader) -> dict[str, float | None]: ...
@@ -66,6 +70,10 @@ class Classification:
     """Cross-entropy; the metric is accuracy."""
 
     metric = "acc"
+
+    def inputs(self, batch: Tensor) -> Tensor:
+        return batch
+
     loss = staticmethod(cross_entropy)
 
     def evaluate(self, model: nn.Module, loader: DeviceLoader) -> dict[str, float | None]:
@@ -91,6 +99,9 @@ class ConvectionLoss:
     relative L2 error ||u - u*|| / ||u*|| over the test grid."""
 
     metric = "rel_l2"
+
+    def inputs(self, batch: Tensor) -> Tensor:
+        return batch
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -151,8 +162,11 @@ class NextToken:
 
     metric = "ppl"
 
+    def inputs(self, batch: Tensor) -> Tensor:
+        return batch[:, :-1]
+
     def loss(self, model: Model, windows: Tensor, targets: Tensor) -> Tensor:
-        logits = model(windows[:, :-1])
+        logits = model(self.inputs(windows))
         return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
 
     @torch.no_grad()
@@ -161,7 +175,7 @@ class NextToken:
         loss_sum = torch.zeros((), device=loader.labels.device)
         tokens = 0
         for windows, _ in loader:
-            logits = model(windows[:, :-1])
+            logits = model(self.inputs(windows))
             targets = windows[:, 1:].flatten()
             loss_sum += F.cross_entropy(logits.flatten(0, 1), targets, reduction="sum")
             tokens += len(targets)
@@ -190,5 +204,5 @@ def classification_only(objective: Objective, task: str) -> None:
             "task",
             task,
             f"a task defined for this zoo (its metric is {objective.metric}, not accuracy): "
-            "train, status, hessian, cka, curve, interpolate, collect, plot",
+            "any but ensemble and finetune",
         )

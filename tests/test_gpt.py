@@ -96,5 +96,8 @@ def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
     curve = json.loads(next(zoo.glob("landscape/**/curve_epoch_0001.json")).read_text())
     assert {"mc_train_loss", "mc_test_loss"} <= set(curve["mean"])
     assert run_task(config("task=plot", f"population={zoo}"))["files"]
-    with pytest.raises(ConfigError, match="task='ensemble'.*ppl, not accuracy"):
+    assert run_task(config("task=average_epochs", f"population={zoo}"))["computed"] == 2
+    with pytest.raises(PtmzError, match="alignment: GPT cannot be traced by torch.fx"):
+        run_task(config("task=average_seeds", f"population={zoo}"))
+    with pytest.raises(ConfigError, match="task='ensemble'.*ppl, not accuracy.*any but ensemble"):
         run_task(config("task=ensemble", f"population={zoo}"))

@@ -110,9 +110,21 @@ def _unsupported(model: nn.Module, node: fx.Node, what: str) -> PtmzError:
     )
 
 
+def _traced(model: nn.Module) -> fx.GraphModule:
+    """`model` as a torch.fx graph; a model fx cannot trace (shapes that steer its Python, say)
+    cannot be aligned, and the error says so rather than fx's internals."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:
+        raise PtmzError(
+            f"alignment: {type(model).__name__} cannot be traced by torch.fx, so its "
+            f"permutation groups cannot be derived ({type(error).__name__}: {error})"
+        ) from error
+
+
 def permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
     """Trace `model` on `example` (a batch of inputs) and derive its permutation groups."""
-    traced = fx.symbolic_trace(model)
+    traced = _traced(model)
     ShapeProp(traced).propagate(example)
     modules = dict(traced.named_modules())
     uf = _UnionFind()
@@ -287,7 +299,7 @@ def _activations(
                 recorded[node.name].append(units.reshape(-1, units.shape[-1]).double().cpu())
             return out
 
-    recorder = Recorder(fx.symbolic_trace(model))
+    recorder = Recorder(_traced(model))
     for x in batches:
         recorder.run(x)
     return recorded

@@ -5,8 +5,9 @@ path, concatenated); without either, a generated default: 10,000 lines of intege
 ("417 + 38 = 455"), drawn with a fixed seed. The default needs no download, is the same on every
 machine, and has structure a larger model predicts more of. Tokens are the UTF-8 bytes (a
 vocabulary of 256: no tokenizer to fetch). The first 90% of the tokens train and the last 10%
-test, each cut into non-overlapping windows of CONTEXT + 1 tokens: a window's first CONTEXT
-tokens are the inputs, its last CONTEXT the next-token targets.
+test, each cut into windows of CONTEXT + 1 tokens that start every CONTEXT tokens (neighbours
+share one token): a window's first CONTEXT tokens are the inputs, its last CONTEXT the
+next-token targets.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def windows(tokens: torch.Tensor) -> Split:
 
 def text_windows(root: Path, download: bool) -> tuple[Split, Split]:
     """Train and test windows of the corpus under `root` (see the module docstring)."""
-    tokens = torch.frombuffer(bytearray(read_corpus(root)), dtype=torch.uint8).long()
-    cut = int(len(tokens) * (1 - TEST_SHARE))
-    if min(cut, len(tokens) - cut) <= CONTEXT:
+    corpus = read_corpus(root)
+    cut = int(len(corpus) * (1 - TEST_SHARE))
+    if min(cut, len(corpus) - cut) <= CONTEXT:
         raise PtmzError(
-            f"dataset=text: the corpus under {root} has {len(tokens)} bytes; it needs more than "
-            f"{int((CONTEXT + 1) / TEST_SHARE)} for a test window of {CONTEXT + 1} tokens"
+            f"dataset=text: the corpus under {root} has {len(corpus)} bytes: too few for a test "
+            f"window of {CONTEXT + 1} tokens in its last {TEST_SHARE:.0%}"
         )
+    tokens = torch.frombuffer(bytearray(corpus), dtype=torch.uint8).long()
     return windows(tokens[:cut]), windows(tokens[cut:])

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ptmz.errors import ConfigError
 from ptmz.models.mode import eval_mode
-from ptmz.train.loop import Loss, cross_entropy
+from ptmz.objectives import Loss, cross_entropy
 
 HVP = Callable[[Tensor], Tensor]
 

@@ -26,8 +26,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ptmz.data import DeviceLoader
-from ptmz.objectives import CLASSIFICATION, Objective
-from ptmz.train.loop import Loss, cross_entropy
+from ptmz.objectives import CLASSIFICATION, Loss, Objective, cross_entropy
 from ptmz.weights import State, bezier, lerp, recalibrate_bn
 
 

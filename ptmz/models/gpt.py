@@ -38,6 +38,6 @@ class GPT(nn.Module):
 
 
 def gpt(width: int, in_channels: int = 65, num_classes: int = 256, image_size: int = 65) -> GPT:
-    """A GPT over `num_classes` tokens with a context of `image_size` (the dataset's window:
-    inputs and targets are its first and last T - 1 tokens)."""
-    return GPT(width, DEPTH, num_classes, image_size)
+    """A GPT over `num_classes` tokens for the dataset's windows of `image_size` tokens: its
+    context is one less (inputs and targets are a window's first and last tokens but one)."""
+    return GPT(width, DEPTH, num_classes, image_size - 1)

@@ -24,7 +24,7 @@ from ptmz.averaging import (
 from ptmz.averaging.align import METHODS
 from ptmz.data import DeviceLoader, ImageDataset, load_dataset
 from ptmz.errors import ConfigError
-from ptmz.objectives import classification_only, evaluate
+from ptmz.objectives import classification_only
 from ptmz.tasks.pairs import grid_point_task
 from ptmz.tasks.population import (
     Workspace,
@@ -41,8 +41,8 @@ from ptmz.zoo.results import run_result
 
 
 def classifiers_only(task: Callable[[DictConfig], dict[str, int]]):
-    """`task` refusing zoos that are not classifiers: averaging, ensembles, pruning and
-    fine-tuning are measured in accuracy."""
+    """`task` refusing zoos that are not classifiers: ensembles average logits and
+    fine-tuning swaps the classifier head."""
 
     @functools.wraps(task)
     def checked(cfg: DictConfig) -> dict[str, int]:
@@ -65,14 +65,15 @@ def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
 
 
 def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]:
-    """Train (the run's own training data) and test loss and accuracy, eval mode."""
-    out = {}
+    """Train (the run's own training data) and test loss and the zoo's metric (accuracy for
+    classifiers), eval mode; a metric a split does not define is left out."""
+    out, objective = {}, ws.objective(run)
     for split, data in (("train", ws.train_split(run)), ("test", ws.data.test)):
-        out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(model, ws.loader(data, 512))
+        scores = objective.evaluate(model, ws.loader(data, 512))
+        out.update({f"{split}_{k}": v for k, v in scores.items() if v is not None})
     return out
 
 
-@classifiers_only
 def average_epochs(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
     runs = shard(ws.population.runs, lambda run: run.name, cfg)
@@ -112,7 +113,6 @@ def ensemble(cfg: DictConfig) -> dict[str, int]:
     return grid_point_task(cfg, compare)
 
 
-@classifiers_only
 def prune(cfg: DictConfig) -> dict[str, int]:
     ws = Workspace(cfg)
 
@@ -128,7 +128,6 @@ def prune(cfg: DictConfig) -> dict[str, int]:
     return per_run_task(cfg, ws, "prune", compute)
 
 
-@classifiers_only
 def average_seeds(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
     if t.method not in METHODS:

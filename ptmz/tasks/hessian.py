@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from ptmz.errors import ConfigError
 from ptmz.landscape.hessian import hessian_metrics
+from ptmz.objectives import Classification
 from ptmz.tasks.population import Workspace, per_run_task
 from ptmz.zoo.population import Run
 
@@ -14,6 +16,13 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
     ws, t = Workspace(cfg), cfg.task
 
     def compute(run: Run, epoch: int) -> dict:
+        objective = ws.objective(run)
+        if not t.cache_graph and not isinstance(objective, Classification):
+            # batch by batch, the mean loss is a size-weighted sum of batch means: true of
+            # cross-entropy, not of the PINN's sum of per-kind means
+            raise ConfigError(
+                "task.cache_graph", False, f"true for dataset={ws.population.dataset}"
+            )
         model = run.load_model(epoch).to(ws.device)
         splits = {"train": ws.train_split(run), "test": ws.data.test}
         out = {}
@@ -29,7 +38,7 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
                 density=t.density,
                 seed=t.seed,
                 cache_graph=t.cache_graph,
-                loss_fn=ws.objective(run).loss,
+                loss_fn=objective.loss,
             ).to_dict()
         return out
 

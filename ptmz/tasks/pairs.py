@@ -80,7 +80,8 @@ def cka(cfg: DictConfig) -> dict[str, int]:
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         models = [r.load_model(epoch).to(ws.device) for r in runs]
-        batches = [x for x, _ in ws.loader(ws.data.test, t.batch_size, t.samples)]
+        objective = ws.objective(runs[0])
+        batches = [objective.inputs(x) for x, _ in ws.loader(ws.data.test, t.batch_size, t.samples)]
         return mean_pairwise_cka(
             models, batches, layers=list(t.layers) or None, unbiased=t.unbiased
         )

@@ -73,6 +73,8 @@ class RunSpec:
         choose("precision", self.precision, dict.fromkeys(PRECISIONS))
         choose("temperature", self.temperature, dict.fromkeys(TEMPERATURES))
         choose("load", self.load, dict.fromkeys(LOADS))
+        if getattr(self, self.load) is None:
+            raise ConfigError("load", self.load, f"an axis this run sets ({self.load} is null)")
         for key in ("download", "progress", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "true or false")

@@ -71,6 +71,8 @@ class Run:
             rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
             if rest.get("precision") == "fp32":  # the default, absent from older configs
                 del rest["precision"]
+            if "beta" in rest and rest["beta"] is None:  # likewise
+                del rest["beta"]
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
         g = self.grid
         return f"w{g['width']}_bs{g['batch_size']}-{digest.hexdigest()[:8]}"
