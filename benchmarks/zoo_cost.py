@@ -134,6 +134,8 @@ def main() -> None:
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [f"zoo={args.zoo}"], return_hydra_config=True)
+    if cfg.dataset.name not in SHAPES:
+        raise SystemExit(f"zoo {args.zoo}: its dataset {cfg.dataset.name} is not an image set")
     grid = {k: [int(v) for v in str(p).split(",")] for k, p in cfg.hydra.sweeper.params.items()}
     device = resolve_device(args.device)
     n_train, n_test = SHAPES[cfg.dataset.name][:2]
