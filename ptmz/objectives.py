@@ -204,5 +204,5 @@ def classification_only(objective: Objective, task: str) -> None:
             "task",
             task,
             f"a task defined for this zoo (its metric is {objective.metric}, not accuracy): "
-            "any but ensemble and finetune",
+            "any but finetune",
         )

@@ -99,5 +99,9 @@ def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
     assert run_task(config("task=average_epochs", f"population={zoo}"))["computed"] == 2
     with pytest.raises(PtmzError, match="alignment: GPT cannot be traced by torch.fx"):
         run_task(config("task=average_seeds", f"population={zoo}"))
-    with pytest.raises(ConfigError, match="task='ensemble'.*ppl, not accuracy.*any but ensemble"):
-        run_task(config("task=ensemble", f"population={zoo}"))
+    assert run_task(config("task=ensemble", f"population={zoo}"))["computed"] == 1
+    pair = json.loads(next(zoo.glob("landscape/**/ensemble_epoch_0001.json")).read_text())
+    assert pair["ensemble_ppl"] == pytest.approx(math.exp(pair["ensemble_loss"]), rel=1e-6)
+    assert "ensemble_gain_ppl" in pair
+    with pytest.raises(ConfigError, match="task='finetune'.*ppl, not accuracy.*any but finetune"):
+        run_task(config("task=finetune", f"population={zoo}"))

@@ -87,8 +87,10 @@ def test_pinn_fails_at_large_beta_and_takes_the_landscape_tasks(tmp_path, config
     assert seeds["computed"] == 2
     averaged = json.loads(next(zoo.glob("landscape/**/average_seeds_epoch_0200.json")).read_text())
     assert {"test_rel_l2", "delta_test_rel_l2"} <= set(averaged["aligned"])
-    with pytest.raises(ConfigError, match="task='ensemble'.*rel_l2, not accuracy"):
-        run_task(config("task=ensemble", f"population={zoo}"))
+    ensemble = run_task(config("task=ensemble", f"population={zoo}"))  # averaged fields
+    assert ensemble["computed"] == 2
+    with pytest.raises(ConfigError, match="task='finetune'.*rel_l2, not accuracy"):
+        run_task(config("task=finetune", f"population={zoo}"))
 
 
 def test_beta_belongs_to_the_convection_zoo_only():

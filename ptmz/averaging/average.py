@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ptmz.data import DeviceLoader
 from ptmz.models.mode import eval_mode
+from ptmz.objectives import CLASSIFICATION, Objective
 from ptmz.weights import State, combine
 
 
@@ -17,25 +17,33 @@ def average_states(states: list[State]) -> State:
     return combine(states, [1 / len(states)] * len(states))
 
 
-@torch.no_grad()
-def ensemble_metrics(models: list[nn.Module], loader: DeviceLoader) -> dict[str, float]:
-    """Loss and accuracy of the logit-averaged ensemble of `models`, next to the mean of the
-    members' own, and the ensemble's gain in accuracy over that mean."""
-    n = len(loader.labels)
-    loss = torch.zeros(len(models) + 1, dtype=torch.float64)
-    correct = torch.zeros(len(models) + 1, dtype=torch.float64)
+class Ensemble(nn.Module):
+    """The members' outputs averaged: logits for classifiers and language models, the field u
+    for a PINN (whose loss then differentiates the average)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
+def ensemble_metrics(
+    models: list[nn.Module], loader: DeviceLoader, objective: Objective = CLASSIFICATION
+) -> dict[str, float]:
+    """The objective's loss and metric of the output-averaged ensemble of `models`, next to the
+    mean of the members' own, and the ensemble's gain in the metric over that mean (ensemble
+    minus members: positive is better for accuracy, negative for an error or a perplexity)."""
     with eval_mode(*models):
-        for x, y in loader:
-            logits = [model(x) for model in models]
-            logits.append(torch.stack(logits).mean(0))  # the ensemble is the last entry
-            for i, out in enumerate(logits):
-                loss[i] += F.cross_entropy(out, y, reduction="sum").item()
-                correct[i] += (out.argmax(1) == y).sum().item()
-    members_acc = float(correct[:-1].mean() / n)
-    return {
-        "ensemble_acc": float(correct[-1] / n),
-        "ensemble_loss": float(loss[-1] / n),
-        "members_acc": members_acc,
-        "members_loss": float(loss[:-1].mean() / n),
-        "ensemble_gain_acc": float(correct[-1] / n) - members_acc,
-    }
+        ensemble = objective.evaluate(Ensemble(models), loader)
+        members = [objective.evaluate(model, loader) for model in models]
+    out = {}
+    for key, value in ensemble.items():
+        if value is not None:
+            out[f"ensemble_{key}"] = value
+            out[f"members_{key}"] = sum(m[key] for m in members) / len(members)
+    metric = objective.metric
+    if f"ensemble_{metric}" in out:
+        out[f"ensemble_gain_{metric}"] = out[f"ensemble_{metric}"] - out[f"members_{metric}"]
+    return out

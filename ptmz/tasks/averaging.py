@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,20 +37,6 @@ from ptmz.train import Recipe
 from ptmz.weights import recalibrate_bn
 from ptmz.zoo.population import Run
 from ptmz.zoo.results import run_result
-
-
-def classifiers_only(task: Callable[[DictConfig], dict[str, int]]):
-    """`task` refusing zoos that are not classifiers: ensembles average logits and
-    fine-tuning swaps the classifier head."""
-
-    @functools.wraps(task)
-    def checked(cfg: DictConfig) -> dict[str, int]:
-        ws = Workspace(cfg)
-        if ws.population.runs:
-            classification_only(ws.objective(ws.population.runs[0]), cfg.task.name)
-        return task(cfg)
-
-    return checked
 
 
 def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
@@ -104,11 +89,10 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
     )
 
 
-@classifiers_only
 def ensemble(cfg: DictConfig) -> dict[str, int]:
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         models = [r.load_model(epoch).to(ws.device) for r in runs]
-        return ensemble_metrics(models, ws.loader(ws.data.test, 512))
+        return ensemble_metrics(models, ws.loader(ws.data.test, 512), ws.objective(runs[0]))
 
     return grid_point_task(cfg, compare)
 
@@ -154,10 +138,12 @@ def average_seeds(cfg: DictConfig) -> dict[str, int]:
     return grid_point_task(cfg, compare)
 
 
-@classifiers_only
 def finetune_run(cfg: DictConfig) -> dict[str, int]:
-    """task=finetune: fine-tune each run on the target dataset, then the WiSE-FT curve."""
+    """task=finetune: fine-tune each run on the target dataset, then the WiSE-FT curve
+    (classifiers only: the target gets a classifier head)."""
     ws, t = Workspace(cfg), cfg.task
+    if ws.population.runs:
+        classification_only(ws.objective(ws.population.runs[0]), "finetune")
     alphas = sorted(float(a) for a in t.alphas)
     if not {0.0, 1.0} <= set(alphas) or not 0 <= alphas[0] <= alphas[-1] <= 1:
         raise ConfigError(
