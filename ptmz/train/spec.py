@@ -122,20 +122,15 @@ class RunSpec:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What determines the trained weights: the content the run id hashes. The default
-        precision and an absent beta are left out, so runs keep the ids they had before those
-        keys existed."""
+        """What determines the trained weights: the content the run id hashes (keys added later
+        are left out at their old meaning: `without_later_defaults`)."""
         names = [f.name for f in fields(self)]
         identity = {
             k: v
             for k, v in asdict(self).items()
             if names.index(k) < names.index("out_dir") and k != "zoo"
         }
-        if identity["precision"] == "fp32":
-            del identity["precision"]
-        if identity["beta"] is None:
-            del identity["beta"]
-        return identity
+        return without_later_defaults(identity)
 
     @property
     def run_id(self) -> str:
@@ -169,6 +164,15 @@ class RunSpec:
         if isinstance(self.checkpoints, int):
             return epoch % self.checkpoints == 0
         return epoch in self.checkpoints
+
+
+# Keys added after zoos existed, with the value that means "as before": left out of every hash,
+# so older runs keep their ids and grid points.
+LATER_DEFAULTS = {"precision": "fp32", "beta": None}
+
+
+def without_later_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
 
 
 def _floats_as_float(obj: Any) -> None:

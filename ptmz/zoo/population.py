@@ -25,6 +25,7 @@ from ptmz.data.datasets import DATASETS, INPUT_SHAPES
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.models.resnet import DEPTHS
+from ptmz.train.spec import without_later_defaults
 from ptmz.zoo.rundir import RunDir
 
 GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "beta", "seed")
@@ -68,11 +69,8 @@ class Run:
             params = self.config["params"]
             rest = {k: v for k, v in params.items() if not _PUBLISHED_PER_RUN.search(k)}
         else:
-            rest = {k: v for k, v in self.config.items() if k not in NOT_GRID}
-            if rest.get("precision") == "fp32":  # the default, absent from older configs
-                del rest["precision"]
-            if "beta" in rest and rest["beta"] is None:  # likewise
-                del rest["beta"]
+            grid = {k: v for k, v in self.config.items() if k not in NOT_GRID}
+            rest = without_later_defaults(grid)
         digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
         g = self.grid
         return f"w{g['width']}_bs{g['batch_size']}-{digest.hexdigest()[:8]}"
