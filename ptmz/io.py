@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -24,7 +24,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # some writers create 0600 files; others' default is umask
+        os.chmod(tmp, 0o666 & ~UMASK)  # some writers create 0600 files; others' default is umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -49,7 +49,7 @@ from typing import Any
 import pandas as pd
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, phase_column
-from ptmz.io import read_json
+from ptmz.io import atomic_write, read_json
 from ptmz.zoo.population import GRID_KEYS, Population, Run
 
 _RESULT_FILE = re.compile(r"^(?P<name>.+)_epoch_(?P<epoch>\d+)\.json$")
@@ -226,3 +226,19 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 def _phase_position(table: pd.DataFrame) -> int:
     config = [i for i, c in enumerate(table.columns) if c.startswith("config.")]
     return config[0] if config else len(table.columns)
+
+
+def save_table(table: pd.DataFrame, stem: Path) -> tuple[Path, Path]:
+    """`table` as `<stem>.parquet` and `<stem>.csv`, each written atomically. A column of mixed
+    Python types (a config key that is a number in one run and a list in another) is stored as
+    strings, which parquet requires."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object:
+            kinds = {type(v) for v in table[column] if v is not None and v == v}
+            if len(kinds) > 1:
+                table[column] = table[column].map(lambda v: None if v is None else str(v))
+    parquet, csv = stem.with_suffix(".parquet"), stem.with_suffix(".csv")
+    atomic_write(parquet, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
+    return parquet, csv

@@ -23,6 +23,7 @@ TASKS = {
     "finetune": "ptmz.tasks.averaging:finetune_run",
     "prune": "ptmz.tasks.averaging:prune",
     "collect": "ptmz.tasks.analysis:collect",
+    "export": "ptmz.tasks.export:export",
     "plot": "ptmz.tasks.analysis:plot",
 }
 

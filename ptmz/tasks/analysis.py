@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ptmz.analysis.figures import Axes2D, landscape_epochs, phase_diagram, phase_evolution
 from ptmz.analysis.phases import PhaseThresholds, classify_phases
-from ptmz.analysis.table import results_table
+from ptmz.analysis.table import results_table, save_table
 from ptmz.errors import ConfigError
 from ptmz.io import atomic_write
 from ptmz.tasks.population import Workspace
@@ -26,24 +26,10 @@ def _thresholds(cfg: DictConfig) -> PhaseThresholds:
     return PhaseThresholds.from_config(OmegaConf.to_container(cfg.task.thresholds))
 
 
-def writable(table: pd.DataFrame) -> pd.DataFrame:
-    """`table` with every column of mixed Python types (a config key that is a number in one
-    run and a list in another) as strings, which parquet requires."""
-    out = table.copy()
-    for column in out.columns:
-        if out[column].dtype == object:
-            kinds = {type(v) for v in out[column] if v is not None and v == v}
-            if len(kinds) > 1:
-                out[column] = out[column].map(lambda v: None if v is None else str(v))
-    return out
-
-
 def collect(cfg: DictConfig) -> dict[str, str]:
     population = Workspace(cfg).population
-    table = writable(results_table(population, _thresholds(cfg)))
-    parquet, csv = population.path / "results.parquet", population.path / "results.csv"
-    atomic_write(parquet, lambda tmp: table.to_parquet(tmp, index=False))
-    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
+    table = results_table(population, _thresholds(cfg))
+    parquet, csv = save_table(table, population.path / "results")
     print(f"{len(table)} rows (runs x epochs) x {len(table.columns)} columns")
     for path in (parquet, csv):
         print(f"wrote {path}")

@@ -115,15 +115,25 @@ class Run:
         path = self.path / f"checkpoint_{epoch:06d}" / "checkpoints"
         return torch.load(path, map_location="cpu", weights_only=True)
 
+    def architecture(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The `build_model` arguments of this run's network (published runs: read off its
+        `state`, a ResNet-w state_dict)."""
+        channels, size = INPUT_SHAPES[self.config["dataset"]]
+        if self.format == "published":
+            return {**_published_architecture(state), "image_size": size}
+        c = self.config
+        return dict(
+            name=c["model"],
+            width=c["width"],
+            in_channels=channels,
+            num_classes=DATASETS[c["dataset"]][1],
+            image_size=size,
+        )
+
     def load_model(self, epoch: int | None = None) -> nn.Module:
         """The ptmz model with the weights after `epoch` (default: the last checkpoint)."""
         state = self.state_dict(epoch)
-        if self.format == "ptmz":
-            c = self.config
-            channels, size = INPUT_SHAPES[c["dataset"]]
-            model = build_model(c["model"], c["width"], channels, DATASETS[c["dataset"]][1], size)
-        else:
-            model = build_model(**_published_architecture(state))
+        model = build_model(**self.architecture(state))
         model.load_state_dict(state, strict=True)
         return model
 

@@ -1,0 +1,220 @@
+"""The dataset card of an exported zoo: its README.md, generated from the index."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from ptmz.zoo.population import COORDINATES, NOT_GRID, Population
+
+# (column pattern, definition with its sign convention): the card explains the columns present
+DEFINITIONS = (
+    (
+        r"(train|test)_loss",
+        "the objective's mean loss over the whole split (cross-entropy in "
+        "nats for classifiers), unaugmented, model in eval mode; epoch 0 is before training",
+    ),
+    (r"(train|test)_acc", "fraction of the split classified correctly, in [0, 1]"),
+    (
+        r"(train|test)_rel_l2",
+        "relative L2 error of the PINN's field against the exact "
+        "solution (0 = exact, 1 = as far off as predicting zero)",
+    ),
+    (r"(train|test)_ppl", "perplexity, exp(loss) per token"),
+    (
+        r"generalization_gap",
+        "train_acc - test_acc; positive = the model fits its training data better than unseen data",
+    ),
+    (r"batch_loss", "mean training loss over the epoch's augmented batches, as trained"),
+    (
+        r"hessian\.\w+\.top_eigenvalue",
+        "largest eigenvalue of the Hessian of the loss (no "
+        "weight decay; eval mode; fixed unaugmented samples of the split): larger = sharper",
+    ),
+    (
+        r"hessian\.\w+\.trace",
+        "Hutchinson estimate of the Hessian's trace, same loss and data "
+        "(with trace_stderr, its standard error, and trace_probes)",
+    ),
+    (
+        r"cka\.mean\.logits",
+        "linear CKA between the logits of two seeds of the grid point on "
+        "the same test inputs, mean over seed pairs: 1 = the same function up to scale",
+    ),
+    (
+        r"curve\.mean\.mc_\w+",
+        "mode connectivity of a trained quadratic Bezier curve between two "
+        "seeds: mc = m - E(t*), m = (E(0) + E(1)) / 2, t* maximising |E(t) - m| (E: loss, or "
+        "error = 1 - accuracy). Negative = a barrier, positive = the curve is better than its "
+        "ends, ~0 = connected; mc_interior looks between the ends only",
+    ),
+    (
+        r"interpolate\.mean\.barrier_\w+",
+        "straight-line barrier between two seeds: "
+        "max_t E(t) - (E(0) + E(1)) / 2; positive = a barrier",
+    ),
+    (
+        r"(average_epochs|average_seeds)\.\S+",
+        "the model averaged over its last epochs, or over "
+        "the seeds of its grid point (aligned or not); delta_X = X(averaged) - X(reference)",
+    ),
+    (
+        r"ensemble\.\S+",
+        "output ensemble of the grid point's seeds; ensemble_gain_X = "
+        "X(ensemble) - mean X(members)",
+    ),
+    (r"finetune\.\S+", "fine-tuning on the target dataset and WiSE-FT interpolation"),
+    (r"prune\.\S+", "the metrics after global magnitude pruning at each sparsity"),
+    (
+        r"phase",
+        "the grid point's phase at this epoch (I, II, III, IV-A, IV-B; empty: not "
+        "determined), from the thresholds below",
+    ),
+)
+
+
+def dataset_card(
+    population: Population,
+    index: pd.DataFrame,
+    excluded: Sequence[Any],
+    threshold_lines: Sequence[str],
+    license: str | None,
+) -> str:
+    """The README.md of the export of `population` whose index is `index`."""
+    runs = index.drop_duplicates("run")
+    name = population.path.name
+    first = population.runs[0]
+    lines = [
+        "---",
+        f"license: {license or 'unknown'}",
+        f"pretty_name: {name}",
+        "tags: [model-zoo, weight-space-learning, loss-landscape, phase-transitions]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A model zoo of {len(runs)} trained {_values(runs['model'])} networks on "
+        f"{_values(runs['dataset'])}, {len(index)} checkpoints in all "
+        f"({_values(runs['format'])} format), exported by ptmz.",
+        "",
+        "## Grid",
+        "",
+        "| axis | values |",
+        "| --- | --- |",
+        *(
+            f"| {axis} | {_values(runs[axis])} |"
+            for axis in (*COORDINATES, "seed")
+            if axis in runs and runs[axis].notna().any()
+        ),
+        f"| epoch | {_values(index['epoch'])} |",
+        "",
+        f"{index['grid_point'].nunique()} grid points; "
+        f"{_values(runs.groupby('grid_point')['seed'].nunique())} seeds each.",
+        "",
+        "## Recipe",
+        "",
+        *_recipe(first.config if first.format == "ptmz" else first.config["params"], runs),
+        "",
+        "## Files",
+        "",
+        "```",
+        "README.md                         this card",
+        "index.parquet, index.csv          one row per model and epoch",
+        "layouts.json                      per architecture: state-dict keys and the flat layout",
+        "weights/shard_NNNNN.safetensors   tensors named <run>/epoch_NNNN/<state-dict key>",
+        "```",
+        "",
+        "An index row names where its weights are (`shard`, `key`), how to build the network "
+        "(`arch.*`: ptmz's `build_model` arguments; `layout`), its grid coordinates, its "
+        "config (`config.*`) and every number measured on it.",
+        "",
+        "## Metrics",
+        "",
+        *_definitions(index.columns),
+        "",
+        "## Phase labels",
+        "",
+        *(f"- {line}" for line in threshold_lines),
+        "",
+        _phase_counts(index),
+        "",
+        "## Excluded checkpoints",
+        "",
+        *(
+            [f"- `{e.run}` epoch {e.epoch}: {e.reason}" for e in excluded]
+            if excluded
+            else ["None."]
+        ),
+        "",
+        "## Licence",
+        "",
+        f"{license}."
+        if license
+        else "Not stated: the export was made without `task.license`. Ask the zoo's authors "
+        "before redistributing it.",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from ptmz.data import ZooDataset",
+        "",
+        'train = ZooDataset(".", split="train", flatten=True)  # also: epochs=, phases=, width=',
+        "item = train[0]  # weights (a flat vector), config, metrics, phase, model_id",
+        "model = train.load_model(0)  # a working nn.Module",
+        "```",
+        "",
+        "Without ptmz: `pandas.read_parquet('index.parquet')` and "
+        "`safetensors.torch.load_file(row.shard)`; keep the tensors whose names start with "
+        "`row.key + '/'`. Splits (`split=`) are drawn by run, so no model is in two.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _values(column: pd.Series) -> str:
+    values = sorted(column.dropna().unique().tolist())
+    return ", ".join(str(v) for v in values) if values else "-"
+
+
+def _recipe(config: dict[str, Any], runs: pd.DataFrame) -> list[str]:
+    """The first run's training settings, with any that differ between runs named."""
+    shown = {
+        k: v for k, v in _flat(config).items() if k.split(".")[0] not in {*COORDINATES, *NOT_GRID}
+    }
+    varying = [
+        c.removeprefix("config.") for c in runs if c.startswith("config.") and runs[c].nunique() > 1
+    ]
+    lines = [f"- `{k}`: {v}" for k, v in shown.items()]
+    if varying:
+        lines.append(f"- differing between runs: {', '.join(f'`{k}`' for k in varying)}")
+    return lines or ["- not recorded"]
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _definitions(columns: Sequence[str]) -> list[str]:
+    lines = []
+    for pattern, text in DEFINITIONS:
+        matched = [c for c in columns if re.fullmatch(pattern, c)]
+        if matched:
+            names = ", ".join(f"`{c}`" for c in matched[:4]) + (", ..." if len(matched) > 4 else "")
+            lines.append(f"- {names}: {text}.")
+    return lines
+
+
+def _phase_counts(index: pd.DataFrame) -> str:
+    if "phase" not in index:
+        return "No phase labels."
+    counts = index["phase"].fillna("none").value_counts().sort_index()
+    return "Checkpoints per phase: " + ", ".join(f"{p} {n}" for p, n in counts.items()) + "."

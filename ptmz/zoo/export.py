@@ -1,0 +1,216 @@
+"""A population written out as a self-contained dataset for weight-space learning: weights in
+safetensors shards, an index of every model and epoch, and a dataset card (the format is
+described in `ptmz.data.zoo_dataset`, which reads it back)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from ptmz.analysis.phases import DEFAULT, PhaseThresholds, classify_phases
+from ptmz.analysis.table import results_table, save_table
+from ptmz.data.zoo_dataset import INDEX, LAYOUTS, WEIGHTS, Layout, tensor_name
+from ptmz.errors import ConfigError, PtmzError
+from ptmz.io import UMASK, atomic_write, write_json, write_text
+from ptmz.models import build_model
+from ptmz.zoo.card import dataset_card
+from ptmz.zoo.population import Population, Run
+
+Epochs = int | list[int] | str | None  # an epoch, a list, "all", or None (each run's last)
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A checkpoint left out of an export, and why."""
+
+    run: str
+    epoch: int
+    reason: str
+
+
+class ShardWriter:
+    """Tensors into numbered safetensors files of at most about `max_bytes` each; a model's
+    tensors always share one file."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory, self.max_bytes = directory, max_bytes
+        self.directory.mkdir(parents=True)
+        self.pending: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @property
+    def current(self) -> Path:
+        return self.directory / f"shard_{self.count:05d}.safetensors"
+
+    def add(self, key: str, state: dict[str, torch.Tensor]) -> Path:
+        """Store `state` under `key`; the shard file it lands in."""
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        pending = sum(t.numel() * t.element_size() for t in self.pending.values())
+        if self.pending and pending + size > self.max_bytes:
+            self.close()
+        self.pending.update({tensor_name(key, k): t.contiguous() for k, t in state.items()})
+        return self.current
+
+    def close(self) -> None:
+        if self.pending:
+            tensors = self.pending
+            atomic_write(self.current, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+            self.pending, self.count = {}, self.count + 1
+
+
+def export_population(
+    population: Population,
+    out: str | Path,
+    epochs: Epochs = None,
+    thresholds: PhaseThresholds = DEFAULT,
+    shard_mb: float = 1024,
+    license: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write `population` to `out` as an exported zoo; what was written and left out.
+
+    `epochs`: each run's last checkpoint (None), every checkpoint ("all"), or the given
+    epochs. Checkpoints with a non-finite weight, and asked-for epochs a run has no checkpoint
+    of, are left out and listed in the card. The export is assembled beside `out` and moved
+    into place whole, so a killed export never leaves half a dataset; `overwrite` replaces an
+    earlier export (and nothing else)."""
+    out = Path(out).expanduser().resolve()
+    _check_target(out, overwrite)
+    if not isinstance(shard_mb, int | float) or shard_mb <= 0:
+        raise ConfigError("task.shard_mb", shard_mb, "a positive number of megabytes")
+    table = results_table(population, thresholds)
+    records = {(r["run"], r["epoch"]): r for r in table.to_dict("records")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o777 & ~UMASK)  # mkdtemp's is private: the export is not
+    try:
+        shards = ShardWriter(staging / WEIGHTS, int(shard_mb * 2**20))
+        rows, layouts, excluded = [], {}, []
+        for run, epoch in _checkpoints(population, epochs, excluded):
+            state = run.state_dict(epoch)
+            bad = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+            if bad:
+                excluded.append(Excluded(run.name, epoch, f"non-finite values in {bad[0]}"))
+                continue
+            arch = run.architecture(state)
+            name, layout = _layout(arch, state, run)
+            layouts[name] = layout
+            key = f"{run.name}/epoch_{epoch:04d}"
+            shard = shards.add(key, {k: state[k] for k in layout.state_keys})
+            rows.append(
+                {
+                    "model_id": len(rows),
+                    **records.get((run.name, epoch), _identity(run, epoch)),
+                    "shard": str(shard.relative_to(staging)),
+                    "key": key,
+                    "layout": name,
+                    "numel": layout.numel,
+                    **{f"arch.{k}": v for k, v in arch.items()},
+                }
+            )
+        shards.close()
+        if not rows:
+            raise PtmzError(f"nothing to export from {population.path}: {_reasons(excluded)}")
+        index = pd.DataFrame(rows)
+        save_table(index, staging / INDEX)
+        write_json(staging / LAYOUTS, {n: layout.to_json() for n, layout in layouts.items()})
+        lines = classify_phases(table, thresholds).lines()
+        card = dataset_card(population, index, excluded, lines, license)
+        write_text(staging / "README.md", card)
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "out": str(out),
+        "models": len(rows),
+        "runs": int(index["run"].nunique()),
+        "shards": shards.count,
+        "excluded": [vars(e) for e in excluded],
+    }
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError("task.out", str(out), "a directory (this is a file)")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / f"{INDEX}.parquet").is_file():
+            raise ConfigError(
+                "task.out", str(out), "a new or empty directory (this one holds other files)"
+            )
+        if not overwrite:
+            raise ConfigError(
+                "task.out", str(out), "a new directory, or overwrite=true to replace this export"
+            )
+
+
+def _checkpoints(population: Population, epochs: Epochs, excluded: list[Excluded]):
+    """(run, epoch) to export, in the population's order; missing epochs go to `excluded`."""
+    if epochs is not None and epochs != "all":
+        wanted = [epochs] if isinstance(epochs, int) else list(epochs)
+        every = sorted({e for run in population for e in run.checkpoint_epochs})
+        for epoch in wanted:
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch not in every:
+                raise ConfigError("epoch", epoch, f"null, all, or checkpointed epochs: {every}")
+    for run in population:
+        available = run.checkpoint_epochs
+        if epochs is None:
+            chosen = available[-1:]
+        elif epochs == "all":
+            chosen = available
+        else:
+            chosen = [e for e in wanted if e in available]
+            missing = sorted(set(wanted) - set(available))
+            excluded += [Excluded(run.name, e, "no checkpoint of this epoch") for e in missing]
+        for epoch in chosen:
+            yield run, epoch
+
+
+def _layout(arch: dict[str, Any], state: dict[str, torch.Tensor], run: Run) -> tuple[str, Layout]:
+    """The architecture's layout name and layout, checked against the checkpoint."""
+    with torch.device("meta"):
+        reference = build_model(**arch).state_dict()
+    shapes = {k: tuple(t.shape) for k, t in state.items()}
+    if shapes != {k: tuple(t.shape) for k, t in reference.items()}:
+        raise PtmzError(f"{run.path}: the checkpoint does not match {arch}")
+    name = "{name}-w{width}-c{in_channels}-k{num_classes}-s{image_size}".format(**arch)
+    return name, Layout.of({k: state[k] for k in reference})
+
+
+def _identity(run: Run, epoch: int) -> dict[str, Any]:
+    """The index columns of a checkpoint that has no training record."""
+    c = run.config
+    grid = run.grid
+    return {
+        "run": run.name,
+        "grid_point": run.grid_point,
+        "format": run.format,
+        "dataset": c.get("dataset"),
+        "model": c.get("model"),
+        **grid,
+        "epoch": epoch,
+    }
+
+
+def _reasons(excluded: list[Excluded]) -> str:
+    reasons = sorted({e.reason for e in excluded})
+    return "; ".join(reasons) if reasons else "no checkpoints"
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """`staging` becomes `out`; an earlier export there is removed only once the new one is in
+    place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
