@@ -4,14 +4,17 @@ model, flat vectors unflatten exactly, loaded modules compute what the runs comp
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import shutil
 import weakref
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 
 from ptmz.data import ZooDataset
 from ptmz.data.zoo_dataset import assign_splits
@@ -83,7 +86,10 @@ def test_export_of_a_published_population(config, published_population, tmp_path
     index = assert_export_equals_source(out, Population(published_population))
     assert len(index) == 6 and set(index["format"]) == {"published"}
     assert set(index["arch.name"]) == {"resnet18"} and set(index["arch.in_channels"]) == {1}
-    assert "published format" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "published format" in card and "result.json's, as the published code" in card
+    # the recipe shows what the runs share and names what differs, not the first run's grid
+    assert "- `model::width`: 4" in card and "differing between runs: `training::batchsize`" in card
 
 
 def test_non_finite_checkpoints_are_left_out_and_listed(config, digits_population, tmp_path):
@@ -120,28 +126,62 @@ def test_bad_export_targets_and_epochs_are_named(config, digits_population, tmp_
         export(config, digits_population, out)
     assert export(config, digits_population, out, "overwrite=true", "epoch=1")["models"] == 3
     assert set(pd.read_parquet(out / "index.parquet")["epoch"]) == {1}
+    (out / "notes.txt").write_text("mine")  # an export with a user's file is not ours to delete
+    with pytest.raises(ConfigError, match="holds other files"):
+        export(config, digits_population, out, "overwrite=true")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.parquet").is_file()
     with pytest.raises(ConfigError, match=r"epoch.*7.*\[0, 1, 2, 3\]"):
         export(config, digits_population, tmp_path / "e", "epoch=7")
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.*"))
 
 
 @pytest.fixture(scope="module")
-def exported(digits_population, tmp_path_factory):
+def two_widths(digits_population, tmp_path_factory):
+    """The digits zoo (width 4: 3 runs x epochs 0..3) and one width-2 run (epochs 0..1)."""
+    from ptmz.data import Augment
+    from ptmz.train import Recipe, RunSpec, train_run
+
+    root = tmp_path_factory.mktemp("two_widths")
+    shutil.copytree(digits_population, root / digits_population.name)
+    recipe = Recipe(augment=Augment(crop_padding=1, hflip=False, rotation=10))
+    spec = RunSpec(
+        width=2, batch_size=32, epochs=1, recipe=recipe, out_dir=str(root), progress=False
+    )
+    assert train_run(spec) == "done"
+    return root / digits_population.name
+
+
+@pytest.fixture(scope="module")
+def exported(two_widths, tmp_path_factory):
     from ptmz.zoo.export import export_population
 
     out = tmp_path_factory.mktemp("exported") / "zoo"
-    export_population(Population(digits_population), out, "all", shard_mb=0.05)
+    export_population(Population(two_widths), out, "all", shard_mb=0.05)
     return out
 
 
 def test_splits_never_share_a_model_and_are_deterministic(exported):
-    thirds = {"train": 1 / 3, "val": 1 / 3, "test": 1 / 3}
-    splits = {s: ZooDataset(exported, split=s, fractions=thirds).index for s in thirds}
-    runs = [set(index["run"]) for index in splits.values()]
-    assert [len(r) for r in runs] == [1, 1, 1] and len(set.union(*runs)) == 3  # 3 runs, disjoint
-    assert all(len(index) == 4 for index in splits.values())  # every epoch goes with its run
-    again = {s: ZooDataset(exported, split=s, fractions=thirds).index for s in thirds}
-    assert all(splits[s]["model_id"].tolist() == again[s]["model_id"].tolist() for s in thirds)
+    quarters = {"train": 0.5, "val": 0.25, "test": 0.25}
+    splits = {s: ZooDataset(exported, split=s, fractions=quarters).index for s in quarters}
+    runs = {s: set(index["run"]) for s, index in splits.items()}
+    assert [len(r) for r in runs.values()] == [2, 1, 1]
+    assert len(set.union(*runs.values())) == 4  # 4 runs, each in exactly one split
+    everything = ZooDataset(exported).index
+    for index in splits.values():  # every checkpoint of a run goes with it
+        sizes = index.groupby("run").size()
+        assert sizes.equals(everything.groupby("run").size()[sizes.index])
+
+    # the documented rule, stated independently: units ordered by sha256("<split seed>:<grid
+    # point>/<seed>"), then cut 2 / 1 / 1
+    everything = everything.drop_duplicates("run")
+    unit = {f"{r.grid_point}/{r.seed}": r.run for r in everything.itertuples()}
+    ordered = sorted(unit, key=lambda u: hashlib.sha256(f"0:{u}".encode()).hexdigest())
+    expected = [{unit[u] for u in ordered[:2]}, {unit[ordered[2]]}, {unit[ordered[3]]}]
+    assert list(runs.values()) == expected
+
+    # splits are drawn before filters: a filtered split is a part of the split
+    narrow = ZooDataset(exported, split="train", fractions=quarters, epochs=1)
+    assert set(narrow.index["run"]) <= runs["train"]
 
     index = ZooDataset(exported).index
     by_point = assign_splits(index, "grid_point", {"train": 0.5, "test": 0.5})
@@ -163,10 +203,11 @@ def test_filters_select_and_bad_ones_are_named(exported):
         ZooDataset(exported, split="train", split_by="epoch")
 
 
-def test_flat_vectors_unflatten_and_modules_reproduce_the_runs(exported, digits_population):
+def test_flat_vectors_unflatten_and_modules_reproduce_the_runs(exported, two_widths):
     flat = ZooDataset(exported, flatten=True)
     full = ZooDataset(exported)
-    runs = {run.name: run for run in Population(digits_population)}
+    runs = {run.name: run for run in Population(two_widths)}
+    assert set(flat.index["layout"]) == {"resnet18-w2-c1-k10-s8", "resnet18-w4-c1-k10-s8"}
     x = torch.randn(16, 1, 8, 8)
     for i in range(len(flat)):
         item, row = flat[i], flat.index.iloc[i]
@@ -183,15 +224,23 @@ def test_flat_vectors_unflatten_and_modules_reproduce_the_runs(exported, digits_
         assert list(full[i]["weights"]) == list(model.state_dict())  # the architecture's order
         with torch.no_grad():
             assert torch.equal(flat.load_model(i)(x), model(x))
-    metrics = flat[0]["metrics"]
+    metrics, config = flat[0]["metrics"], flat[0]["config"]
     assert "test_acc" in metrics and "width" not in metrics and "model_id" not in metrics
+    assert type(config["batch_size"]) is int and type(config["lr"]) is float
+    assert config["beta"] is None  # missing, not NaN
     # the documented layout: entries one after another, in order, covering the vector
     entries = flat.layout(0).index_map()
     assert entries[0]["start"] == 0 and entries[-1]["stop"] == flat.layout(0).numel
     assert all(a["stop"] == b["start"] for a, b in itertools.pairwise(entries))
 
 
-def test_iterating_holds_a_bounded_number_of_models(exported):
+def test_iterating_holds_a_bounded_number_of_models(exported, monkeypatch):
+    import safetensors.torch
+
+    def read_whole_shard(*args, **kwargs):
+        raise AssertionError("a whole shard was read")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", read_whole_shard)
     dataset = ZooDataset(exported, max_open_shards=1)
     assert dataset.index["shard"].nunique() > 2  # several shards to open and close
     alive = []
@@ -202,3 +251,29 @@ def test_iterating_holds_a_bounded_number_of_models(exported):
         gc.collect()
         assert sum(ref() is not None for ref in alive) == 0  # nothing kept beyond the item
     assert len(alive) == len(dataset)
+
+
+def test_batches_from_a_data_loader_in_worker_processes(exported):
+    dataset = ZooDataset(exported, flatten=True, width=4)
+    dataset[0]  # opens a shard: the dataset must still pickle into the workers
+    loader = DataLoader(
+        dataset,
+        batch_size=5,
+        num_workers=1,
+        multiprocessing_context="spawn",
+        collate_fn=ZooDataset.collate,
+    )
+    batches = list(loader)
+    assert [len(b["model_id"]) for b in batches] == [5, 5, 2]
+    first = batches[0]
+    assert torch.equal(first["weights"][1], dataset[1]["weights"])
+    assert first["metrics"]["test_acc"].shape == (5,)
+    assert first["config"][0] == dataset[0]["config"] and len(first["phase"]) == 5
+    with pytest.raises(ConfigError, match="one layout per batch"):
+        ZooDataset.collate([ZooDataset(exported, flatten=True)[i] for i in (0, -1)])
+
+
+def test_keyword_spellings_of_named_filters_are_refused(exported):
+    with pytest.raises(ConfigError, match="epoch.*epochs="):
+        ZooDataset(exported, epoch=3)
+    assert len(ZooDataset(exported, width=np.int64(2))) == 2  # numpy scalars are values too

@@ -49,8 +49,9 @@ from typing import Any
 import pandas as pd
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, phase_column
+from ptmz.columns import GRID_KEYS, IDENTITY
 from ptmz.io import atomic_write, read_json
-from ptmz.zoo.population import GRID_KEYS, Population, Run
+from ptmz.zoo.population import Population, Run
 
 _RESULT_FILE = re.compile(r"^(?P<name>.+)_epoch_(?P<epoch>\d+)\.json$")
 _SKIPPED_KEYS = {"inputs", "seconds", "pairs", "applicable", "reason"}
@@ -71,7 +72,6 @@ _TUNE_BOOKKEEPING = {
     "warmup_time",
     "should_checkpoint",
 }
-IDENTITY = ("run", "grid_point", "format", "dataset", "model", *GRID_KEYS, "epoch")
 
 
 def results_table(
@@ -162,7 +162,8 @@ def _record_columns(record: dict[str, Any], taken: set[str]) -> dict[str, float]
     return out
 
 
-def _config_columns(run: Run) -> dict[str, Any]:
+def config_columns(run: Run) -> dict[str, Any]:
+    """`run`'s config but its grid keys, dataset and model, as `config.<key>...` columns."""
     out: dict[str, Any] = {}
 
     def walk(value: Any, name: str) -> None:
@@ -180,11 +181,9 @@ def _config_columns(run: Run) -> dict[str, Any]:
     return out
 
 
-def _run_rows(
-    run: Run, grid_results: dict[int, dict[str, float]], results: set[str]
-) -> list[dict[str, Any]]:
-    """The rows of `run`; the names of its result columns are added to `results`."""
-    identity = {
+def run_identity(run: Run) -> dict[str, Any]:
+    """The identity columns of `run`'s rows, but the epoch."""
+    return {
         "run": run.name,
         "grid_point": run.grid_point,
         "format": run.format,
@@ -192,7 +191,14 @@ def _run_rows(
         "model": run.config.get("model"),
         **run.grid,
     }
-    config = _config_columns(run)
+
+
+def _run_rows(
+    run: Run, grid_results: dict[int, dict[str, float]], results: set[str]
+) -> list[dict[str, Any]]:
+    """The rows of `run`; the names of its result columns are added to `results`."""
+    identity = run_identity(run)
+    config = config_columns(run)
     taken = set(identity) | set(IDENTITY)
     records = {int(r["epoch"]): _record_columns(r, taken) for r in run.records}
     own = _read_results(run.path / "landscape")

@@ -11,12 +11,13 @@ An index row holds the model's grid coordinates (`width`, `batch_size`, `lr`, ..
 and `epoch`; its training records and landscape results as the results table names them
 (`test_acc`, `hessian.train.trace`, `curve.mean.mc_train_error`, ...); its `phase`; its config
 (`config.*`); and where its weights are: `shard` (a path relative to the export), `key` (the
-tensor-name prefix), `layout` (a key of layouts.json) and `arch.*` (the `build_model`
-arguments).
+tensor-name prefix), `layout` (a key of layouts.json), `numel` (the flat vector's length) and
+`arch.*` (the `build_model` arguments). `model_id` is the row's position in this export's index.
 
 The flattened vector of a model is every floating-point entry of its state dict (weights,
 biases, batch-norm running means and variances), each flattened row-major, concatenated in the
-order of the architecture's `state_dict()`, as float32. `layouts.json` lists, per layout, each
+order of the architecture's `state_dict()`, in the entries' common dtype (float32 for ptmz's
+checkpoints), so it unflattens exactly. `layouts.json` lists, per layout, each
 entry's key, shape, dtype and [start, stop) in the vector. Integer entries (batch norm's
 `num_batches_tracked`) are left out of the vector: they count optimizer steps, so they would
 hand a predictor the epoch and batch size, and they do not change what the network computes.
@@ -24,6 +25,7 @@ hand a predictor the epoch and batch size, and they do not change what the netwo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,13 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
+from ptmz.columns import IDENTITY
 from ptmz.errors import ConfigError, PtmzError, choose
+from ptmz.models import build_model
 
 INDEX = "index"  # index.parquet and index.csv
 LAYOUTS = "layouts.json"
@@ -48,11 +53,8 @@ SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 SPLIT_UNITS = {"run": ("grid_point", "seed"), "grid_point": ("grid_point",)}
 # index columns that say where a model's weights are and how to build it: not items' fields
 LOCATION = ("model_id", "shard", "key", "layout", "numel")
-# index columns that say which model it is: an item's `config`, with every `config.*` column
-IDENTITY = (
-    *("run", "grid_point", "format", "dataset", "model", "split"),
-    *("width", "batch_size", "lr", "data_fraction", "beta", "seed", "epoch"),
-)
+# spelt in the plural as ZooDataset's arguments: the singular would name the index column
+NAMED_FILTERS = {"epoch": "epochs", "phase": "phases"}
 
 
 def tensor_name(key: str, entry: str) -> str:
@@ -96,8 +98,13 @@ class Layout:
             start = stop
         return out
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The vector's dtype: one every entry converts to without loss."""
+        return functools.reduce(torch.promote_types, (getattr(torch, d) for d in self.dtypes))
+
     def flatten(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([state[k].reshape(-1).float() for k in self.keys])
+        return torch.cat([state[k].reshape(-1).to(self.dtype) for k in self.keys])
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """The floating-point entries of the state dict that `vector` was flattened from."""
@@ -149,9 +156,10 @@ class ZooDataset(Dataset):
     """The models of an exported zoo (`task=export`), one item per model and epoch.
 
     An item is a dict: `weights` (the state dict, or with `flatten=True` the flattened vector
-    of the module docstring), `config` (grid coordinates, seed, epoch and the run's config),
-    `metrics` (every number measured on it: training records and landscape results; NaN where
-    not measured), `phase` (I, II, III, IV-A, IV-B, or None) and `model_id`.
+    of the module docstring), `config` (grid coordinates, seed, epoch, split and the run's
+    config; None where not set), `metrics` (every number measured on it: training records and
+    landscape results; NaN where not measured), `phase` (I, II, III, IV-A, IV-B, or None) and
+    `model_id`. `ZooDataset.collate` batches items for a DataLoader.
 
     Selection: `split` (train | val | test, by `assign_splits` with `split_by`, `fractions` and
     `split_seed`), `epochs`, `phases`, and any index column by value or list of values
@@ -186,6 +194,9 @@ class ZooDataset(Dataset):
             name: Layout.from_json(layout)
             for name, layout in json.loads((self.path / LAYOUTS).read_text()).items()
         }
+        for singular, plural in NAMED_FILTERS.items():
+            if singular in where:
+                raise ConfigError(singular, where[singular], f"spelt {plural}= here")
         selected = {**where, "epoch": epochs, "phase": phases, "split": split}
         for column, wanted in selected.items():
             if wanted is None:
@@ -194,12 +205,22 @@ class ZooDataset(Dataset):
                 raise ConfigError(
                     column, wanted, f"a column of the index: {', '.join(index.columns)}"
                 )
-            values = [wanted] if isinstance(wanted, str | int | float) else list(wanted)
+            values = list(wanted) if pd.api.types.is_list_like(wanted) else [wanted]
             index = index[index[column].isin(values)]
         if index.empty:
             chosen = {k: v for k, v in selected.items() if v is not None}
             raise PtmzError(f"no model of {self.path} matches {chosen}")
         self.index = index.reset_index(drop=True)
+        self.config_columns = [c for c in index if c in IDENTITY or c.startswith("config.")]
+        located = {*self.config_columns, *LOCATION, "phase", "split"}
+        self.metric_columns = [
+            c
+            for c in index
+            if c not in located
+            and not c.startswith("arch.")
+            and pd.api.types.is_numeric_dtype(index[c])
+            and not pd.api.types.is_bool_dtype(index[c])
+        ]
         self.flatten = flatten
         self.max_open_shards = max_open_shards
         self._shards: OrderedDict[str, Any] = OrderedDict()
@@ -213,10 +234,37 @@ class ZooDataset(Dataset):
         return {
             "model_id": int(row["model_id"]),
             "weights": self.layout(i).flatten(state) if self.flatten else state,
-            "config": {k: _plain(v) for k, v in row.items() if _is_config(k)},
-            "metrics": {k: float(v) for k, v in row.items() if _is_metric(k, v)},
+            "config": {k: _plain(row[k]) for k in [*self.config_columns, "split"]},
+            "metrics": {k: float(row[k]) for k in self.metric_columns},
             "phase": row["phase"] if isinstance(row.get("phase"), str) else None,
         }
+
+    @staticmethod
+    def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """A batch of items, for `DataLoader(collate_fn=ZooDataset.collate)`: flat vectors
+        stacked (one layout per batch: filter by width), state dicts as a list; metrics as
+        float64 tensors; configs, phases (None where not labelled) and ids as lists."""
+        weights = [item["weights"] for item in items]
+        if isinstance(weights[0], torch.Tensor):
+            lengths = sorted({len(w) for w in weights})
+            if len(lengths) > 1:
+                raise ConfigError("weights", lengths, "one layout per batch: filter by width")
+            weights = torch.stack(weights)
+        metrics = items[0]["metrics"]
+        return {
+            "model_id": [item["model_id"] for item in items],
+            "weights": weights,
+            "config": [item["config"] for item in items],
+            "metrics": {
+                k: torch.tensor([item["metrics"][k] for item in items], dtype=torch.float64)
+                for k in metrics
+            },
+            "phase": [item["phase"] for item in items],
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Open shards stay behind: each DataLoader worker opens its own."""
+        return {**self.__dict__, "_shards": OrderedDict()}
 
     def layout(self, i: int) -> Layout:
         return self.layouts[self.index.iloc[i]["layout"]]
@@ -234,8 +282,6 @@ class ZooDataset(Dataset):
 
     def load_model(self, i: int) -> nn.Module:
         """Model i as a working module (eval mode), built by ptmz and loaded strictly."""
-        from ptmz.models import build_model  # the models need not be importable to read weights
-
         model = build_model(**self.architecture(i))
         model.load_state_dict(self.state_dict(i), strict=True)
         return model.eval()
@@ -250,15 +296,9 @@ class ZooDataset(Dataset):
         return self._shards[shard]
 
 
-def _is_config(column: str) -> bool:
-    return column in IDENTITY or column.startswith("config.")
-
-
-def _is_metric(column: str, value: Any) -> bool:
-    measured = not (_is_config(column) or column in LOCATION or column.startswith("arch."))
-    return measured and isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _plain(value: Any) -> Any:
-    """numpy scalars as Python ones, so configs compare and serialise as they were written."""
-    return value.item() if hasattr(value, "item") else value
+    """numpy scalars as Python ones and a missing value (NaN in a numeric column) as None, so
+    configs compare and serialise as they were written."""
+    if isinstance(value, float | np.floating) and math.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value

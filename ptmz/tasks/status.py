@@ -10,9 +10,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ptmz.columns import GRID_KEYS
 from ptmz.errors import ConfigError
 from ptmz.tasks.train import RUN_KEYS, spec_from_config
-from ptmz.zoo.population import GRID_KEYS
 from ptmz.zoo.rundir import RunDir
 from ptmz.zoo.status import RunStatus, status_grid
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from ptmz.columns import IDENTITY
+from ptmz.data.zoo_dataset import LOCATION
 from ptmz.zoo.population import COORDINATES, NOT_GRID, Population
 
 # (column pattern, definition with its sign convention): the card explains the columns present
@@ -86,7 +88,6 @@ def dataset_card(
     """The README.md of the export of `population` whose index is `index`."""
     runs = index.drop_duplicates("run")
     name = population.path.name
-    first = population.runs[0]
     lines = [
         "---",
         f"license: {license or 'unknown'}",
@@ -116,7 +117,7 @@ def dataset_card(
         "",
         "## Recipe",
         "",
-        *_recipe(first.config if first.format == "ptmz" else first.config["params"], runs),
+        *_recipe(runs),
         "",
         "## Files",
         "",
@@ -133,7 +134,16 @@ def dataset_card(
         "",
         "## Metrics",
         "",
-        *_definitions(index.columns),
+        *(
+            [
+                "Training records of published-format runs are their result.json's, as the "
+                "published code computed them.",
+                "",
+            ]
+            if "published" in set(runs["format"])
+            else []
+        ),
+        *_definitions(index),
         "",
         "## Phase labels",
         "",
@@ -144,7 +154,10 @@ def dataset_card(
         "## Excluded checkpoints",
         "",
         *(
-            [f"- `{e.run}` epoch {e.epoch}: {e.reason}" for e in excluded]
+            [
+                f"- `{e.run}`{'' if e.epoch is None else f' epoch {e.epoch}'}: {e.reason}"
+                for e in excluded
+            ]
             if excluded
             else ["None."]
         ),
@@ -161,9 +174,10 @@ def dataset_card(
         "```python",
         "from ptmz.data import ZooDataset",
         "",
-        'train = ZooDataset(".", split="train", flatten=True)  # also: epochs=, phases=, width=',
+        f'train = ZooDataset(".", split="train", flatten=True, width={index["width"].iloc[0]})',
         "item = train[0]  # weights (a flat vector), config, metrics, phase, model_id",
         "model = train.load_model(0)  # a working nn.Module",
+        "# batches: DataLoader(train, collate_fn=ZooDataset.collate); one width, one vector length",
         "```",
         "",
         "Without ptmz: `pandas.read_parquet('index.parquet')` and "
@@ -179,37 +193,45 @@ def _values(column: pd.Series) -> str:
     return ", ".join(str(v) for v in values) if values else "-"
 
 
-def _recipe(config: dict[str, Any], runs: pd.DataFrame) -> list[str]:
-    """The first run's training settings, with any that differ between runs named."""
-    shown = {
-        k: v for k, v in _flat(config).items() if k.split(".")[0] not in {*COORDINATES, *NOT_GRID}
-    }
-    varying = [
-        c.removeprefix("config.") for c in runs if c.startswith("config.") and runs[c].nunique() > 1
-    ]
-    lines = [f"- `{k}`: {v}" for k, v in shown.items()]
-    if varying:
-        lines.append(f"- differing between runs: {', '.join(f'`{k}`' for k in varying)}")
-    return lines or ["- not recorded"]
+def _recipe(runs: pd.DataFrame) -> list[str]:
+    """The runs' config (`config.*` index columns, one row per run): the settings they share,
+    then the names of those that differ between them. Where and how a run executed is left
+    out."""
+    shared, differing = [], []
+    for column in (c for c in runs if c.startswith("config.")):
+        key = column.removeprefix("config.").removeprefix("params.")
+        if key.split(".")[0] in NOT_GRID:
+            continue
+        values = runs[column].dropna().unique()
+        if len(values) == 1:
+            shared.append(f"- `{key}`: {values[0]}")
+        elif len(values) > 1:
+            differing.append(f"`{key}`")
+    if differing:
+        shared.append(f"- differing between runs: {', '.join(differing)}")
+    return shared or ["- not recorded"]
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _definitions(columns: Sequence[str]) -> list[str]:
-    lines = []
+def _definitions(index: pd.DataFrame) -> list[str]:
+    """The definition of each metric column present; numeric columns ptmz did not compute
+    (a published zoo's own) are named as such."""
+    lines, explained = [], set()
     for pattern, text in DEFINITIONS:
-        matched = [c for c in columns if re.fullmatch(pattern, c)]
+        matched = [c for c in index if re.fullmatch(pattern, c)]
+        explained.update(matched)
         if matched:
             names = ", ".join(f"`{c}`" for c in matched[:4]) + (", ..." if len(matched) > 4 else "")
             lines.append(f"- {names}: {text}.")
+    known = {*IDENTITY, *LOCATION, "record.lr", "seconds"}
+    others = [
+        f"`{c}`"
+        for c in index
+        if c not in explained | known
+        and not c.startswith(("config.", "arch."))
+        and pd.api.types.is_numeric_dtype(index[c])
+    ]
+    if others:
+        lines.append(f"- {', '.join(others)}: as stored by the source zoo; not defined by ptmz.")
     return lines
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, classify_phases
-from ptmz.analysis.table import results_table, save_table
+from ptmz.analysis.table import config_columns, results_table, run_identity, save_table
 from ptmz.data.zoo_dataset import INDEX, LAYOUTS, WEIGHTS, Layout, tensor_name
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.io import UMASK, atomic_write, write_json, write_text
@@ -32,7 +32,7 @@ class Excluded:
     """A checkpoint left out of an export, and why."""
 
     run: str
-    epoch: int
+    epoch: int | None  # None: the run as a whole
     reason: str
 
 
@@ -102,13 +102,14 @@ def export_population(
                 continue
             arch = run.architecture(state)
             name, layout = _layout(arch, state, run)
-            layouts[name] = layout
+            if layouts.setdefault(name, layout) != layout:
+                raise PtmzError(f"{run.path}: the dtypes of epoch {epoch} differ from {name}'s")
             key = f"{run.name}/epoch_{epoch:04d}"
             shard = shards.add(key, {k: state[k] for k in layout.state_keys})
             rows.append(
                 {
                     "model_id": len(rows),
-                    **records.get((run.name, epoch), _identity(run, epoch)),
+                    **records.get((run.name, epoch), _unrecorded(run, epoch)),
                     "shard": str(shard.relative_to(staging)),
                     "key": key,
                     "layout": name,
@@ -137,11 +138,25 @@ def export_population(
     }
 
 
+EXPORT_FILES = {"README.md", f"{INDEX}.parquet", f"{INDEX}.csv", LAYOUTS, WEIGHTS}
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` holds an export and nothing else (what overwriting may delete)."""
+    names = {p.name for p in path.iterdir()}
+    shards = path / WEIGHTS
+    return (
+        names <= EXPORT_FILES
+        and f"{INDEX}.parquet" in names
+        and (not shards.exists() or all(p.suffix == ".safetensors" for p in shards.iterdir()))
+    )
+
+
 def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError("task.out", str(out), "a directory (this is a file)")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / f"{INDEX}.parquet").is_file():
+        if not _is_export(out):
             raise ConfigError(
                 "task.out", str(out), "a new or empty directory (this one holds other files)"
             )
@@ -153,15 +168,19 @@ def _check_target(out: Path, overwrite: bool) -> None:
 
 def _checkpoints(population: Population, epochs: Epochs, excluded: list[Excluded]):
     """(run, epoch) to export, in the population's order; missing epochs go to `excluded`."""
+    every = sorted({e for run in population for e in run.checkpoint_epochs})
     if epochs is not None and epochs != "all":
         wanted = [epochs] if isinstance(epochs, int) else list(epochs)
-        every = sorted({e for run in population for e in run.checkpoint_epochs})
+        if not wanted:
+            raise ConfigError("epoch", wanted, f"null, all, or checkpointed epochs: {every}")
         for epoch in wanted:
             if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch not in every:
                 raise ConfigError("epoch", epoch, f"null, all, or checkpointed epochs: {every}")
     for run in population:
         available = run.checkpoint_epochs
-        if epochs is None:
+        if not available:
+            excluded.append(Excluded(run.name, None, "no checkpoints"))
+        elif epochs is None:
             chosen = available[-1:]
         elif epochs == "all":
             chosen = available
@@ -184,19 +203,9 @@ def _layout(arch: dict[str, Any], state: dict[str, torch.Tensor], run: Run) -> t
     return name, Layout.of({k: state[k] for k in reference})
 
 
-def _identity(run: Run, epoch: int) -> dict[str, Any]:
-    """The index columns of a checkpoint that has no training record."""
-    c = run.config
-    grid = run.grid
-    return {
-        "run": run.name,
-        "grid_point": run.grid_point,
-        "format": run.format,
-        "dataset": c.get("dataset"),
-        "model": c.get("model"),
-        **grid,
-        "epoch": epoch,
-    }
+def _unrecorded(run: Run, epoch: int) -> dict[str, Any]:
+    """The index columns of a checkpoint that has no row in the results table."""
+    return {**run_identity(run), "epoch": epoch, **config_columns(run)}
 
 
 def _reasons(excluded: list[Excluded]) -> str:
@@ -207,10 +216,14 @@ def _reasons(excluded: list[Excluded]) -> str:
 def _move_into_place(staging: Path, out: Path) -> None:
     """`staging` becomes `out`; an earlier export there is removed only once the new one is in
     place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old)
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptmz.columns import GRID_KEYS
 from ptmz.data.datasets import DATASETS, INPUT_SHAPES
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
@@ -28,7 +29,6 @@ from ptmz.models.resnet import DEPTHS
 from ptmz.train.spec import without_later_defaults
 from ptmz.zoo.rundir import RunDir
 
-GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "beta", "seed")
 COORDINATES = GRID_KEYS[:-1]  # of a grid point: the grid keys but the seed
 # config keys that say where or how a run executed, not which experiment it is
 NOT_GRID = {
