@@ -6,8 +6,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
+import re
 import shutil
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -277,3 +281,16 @@ def test_keyword_spellings_of_named_filters_are_refused(exported):
     with pytest.raises(ConfigError, match="epoch.*epochs="):
         ZooDataset(exported, epoch=3)
     assert len(ZooDataset(exported, width=np.int64(2))) == 2  # numpy scalars are values too
+
+
+def test_the_accuracy_predictor_example_runs_on_an_export(exported):
+    """examples/predict_accuracy.py, as the README runs it (4 runs: 2 train, 1 val, 1 test)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "predict_accuracy.py"
+    done = subprocess.run(
+        [sys.executable, str(example), str(exported)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"checkpoints: 8 train, \d+ val, \d+ test; 510 features", done.stdout)
+    assert re.search(
+        r"mean absolute error: \d\.\d{3} \(predicting the mean: \d\.\d{3}\)", done.stdout
+    )

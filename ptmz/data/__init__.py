@@ -1,10 +1,10 @@
-"""Datasets as uint8 tensors, stratified subsets, and the device-resident batch loader."""
+"""Datasets as uint8 tensors, stratified subsets, the device-resident batch loader, and the
+reader of exported zoos (`ZooDataset`)."""
 
 from ptmz.data.augment import Augment, augment_batch
 from ptmz.data.datasets import DATASETS, DatasetNotFound, ImageDataset, Split, load_dataset
 from ptmz.data.loader import DeviceLoader
 from ptmz.data.subset import fixed_subset, stratified_subset
-from ptmz.data.zoo_dataset import Layout, ZooDataset
 
 __all__ = [
     "DATASETS",
@@ -20,3 +20,13 @@ __all__ = [
     "load_dataset",
     "stratified_subset",
 ]
+
+
+def __getattr__(name: str):
+    """`ZooDataset` and `Layout` on first use: their reader needs pandas, which a training job
+    never imports."""
+    if name in ("Layout", "ZooDataset"):
+        from ptmz.data import zoo_dataset
+
+        return getattr(zoo_dataset, name)
+    raise AttributeError(f"module 'ptmz.data' has no attribute {name!r}")
