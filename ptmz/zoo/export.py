@@ -78,10 +78,10 @@ def export_population(
     """Write `population` to `out` as an exported zoo; what was written and left out.
 
     `epochs`: each run's last checkpoint (None), every checkpoint ("all"), or the given
-    epochs. Checkpoints with a non-finite weight, and asked-for epochs a run has no checkpoint
-    of, are left out and listed in the card. The export is assembled beside `out` and moved
-    into place whole, so a killed export never leaves half a dataset; `overwrite` replaces an
-    earlier export (and nothing else)."""
+    epochs. Checkpoints with a non-finite weight, asked-for epochs a run has no checkpoint of,
+    and runs without checkpoints are left out and listed in the card. The export is assembled
+    beside `out` and moved into place whole, so a killed export never leaves half a dataset;
+    `overwrite` replaces an earlier export (and nothing else)."""
     out = Path(out).expanduser().resolve()
     _check_target(out, overwrite)
     if not isinstance(shard_mb, int | float) or shard_mb <= 0:
