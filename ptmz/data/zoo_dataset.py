@@ -221,6 +221,7 @@ class ZooDataset(Dataset):
             and pd.api.types.is_numeric_dtype(index[c])
             and not pd.api.types.is_bool_dtype(index[c])
         ]
+        self._rows = self.index.to_dict("records")  # one lookup per item, not a pandas row
         self.flatten = flatten
         self.max_open_shards = max_open_shards
         self._shards: OrderedDict[str, Any] = OrderedDict()
@@ -229,7 +230,7 @@ class ZooDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.index.iloc[i]
+        row = self._rows[i]
         state = self.state_dict(i)
         return {
             "model_id": int(row["model_id"]),
@@ -267,17 +268,17 @@ class ZooDataset(Dataset):
         return {**self.__dict__, "_shards": OrderedDict()}
 
     def layout(self, i: int) -> Layout:
-        return self.layouts[self.index.iloc[i]["layout"]]
+        return self.layouts[self._rows[i]["layout"]]
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Model i's full state dict, in its architecture's key order."""
-        row = self.index.iloc[i]
+        row = self._rows[i]
         shard = self._open(row["shard"])
         return {k: shard.get_tensor(tensor_name(row["key"], k)) for k in self.layout(i).state_keys}
 
     def architecture(self, i: int) -> dict[str, Any]:
         """Model i's `build_model` arguments."""
-        row = self.index.iloc[i]
+        row = self._rows[i]
         return {k.removeprefix("arch."): _plain(v) for k, v in row.items() if k.startswith("arch.")}
 
     def load_model(self, i: int) -> nn.Module:
