@@ -1,15 +1,16 @@
 """Three seeds of one grid point: one vectorised epoch against three epochs one after another.
 
 Sequential: `train_epoch` for each seed's model, loader, optimizer and schedule, as `train_run`
-trains them. Together: `train_epoch_together` over the same three, as `seeds_together=true`
-trains them (vmap over the stacked models). Same ResNet-18-w, published recipe (SGD 0.9 / 5e-4,
-OneCycleLR, crop+flip+rotation), batch size and data; synthetic CIFAR-sized images.
+trains them. Together: `Together` over the same three, as `seeds_together=true` trains them
+(vmap over the stacked models). `--step cuda_graph` replays both sides' steps from CUDA
+graphs. Same ResNet-18-w, published recipe (SGD 0.9 / 5e-4, OneCycleLR, crop+flip+rotation),
+batch size and data; synthetic CIFAR-sized images.
 
 Each side trains one warm-up epoch, then `--repeats` timed epochs, the sides alternating.
 Medians are printed, with the ratio sequential / together.
 
     python benchmarks/seeds.py [--widths 2 4 8 16] [--batches 8 32 128] [--images 512]
-        [--repeats 3] [--seeds 3] [--device auto]
+        [--repeats 3] [--seeds 3] [--device auto] [--step eager|cuda_graph]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from train import Ptmz, describe_machine, load_data, synchronize
 
 from ptmz.train.loop import resolve_device
-from ptmz.train.together import train_epoch_together
+from ptmz.train.together import Together
 
 
 def main() -> None:
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per side")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    parser.add_argument("--step", choices=["eager", "cuda_graph"], default="eager")
     args = parser.parse_args()
     args.data, args.lr = "synthetic", 0.1
 
@@ -39,7 +41,10 @@ def main() -> None:
     split, what = load_data(args)
     epochs = 1 + args.repeats
     print(describe_machine(device))
-    print(f"data: {what}; {args.seeds} seeds; 1 warm-up epoch, median of {args.repeats} epochs")
+    print(
+        f"data: {what}; {args.seeds} seeds, {args.step} steps; 1 warm-up epoch, "
+        f"median of {args.repeats} epochs"
+    )
     print(
         f"{'width':>5}  {'batch':>5}  {'sequential s/epoch':>18}  {'together s/epoch':>16}  "
         f"{'speed-up':>8}"
@@ -47,16 +52,20 @@ def main() -> None:
     for width in args.widths:
         for batch in args.batches:
             args.batch = batch
-            alone = [Ptmz(split, width, args, device, epochs, seed=s) for s in range(args.seeds)]
-            stacked = [Ptmz(split, width, args, device, epochs, seed=s) for s in range(args.seeds)]
+            alone, stacked = (
+                [Ptmz(split, width, args, device, epochs, args.step, s) for s in range(args.seeds)]
+                for _ in range(2)
+            )
+            together = Together(
+                [run.model for run in stacked],
+                [run.loader for run in stacked],
+                [run.optimizer for run in stacked],
+                [run.schedule for run in stacked],
+                cuda_graph=args.step == "cuda_graph",
+            )
             sides = {
                 "sequential": lambda: [run.epoch() for run in alone],  # noqa: B023
-                "together": lambda: train_epoch_together(  # noqa: B023
-                    [run.model for run in stacked],  # noqa: B023
-                    [run.loader for run in stacked],  # noqa: B023
-                    [run.optimizer for run in stacked],  # noqa: B023
-                    [run.schedule for run in stacked],  # noqa: B023
-                ),
+                "together": together.train_epoch,
             }
             times: dict[str, list[float]] = {name: [] for name in sides}
             for repeat in range(1 + args.repeats):

@@ -9,7 +9,7 @@ roofline is the rate of a large dense matrix product on this device in the step'
 bf16), so `% roofline` says how far the step is from compute-bound.
 
     python benchmarks/throughput.py [--widths 2 4 8 16 32 64] [--batch 128] [--images 4096]
-        [--repeats 3] [--precision fp32|bf16] [--device auto] [--compile]
+        [--repeats 3] [--precision fp32|bf16] [--device auto] [--step eager|compile|cuda_graph]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from train import Ptmz, describe_machine, load_data, synchronize
+from train import STEPS, Ptmz, describe_machine, load_data, synchronize
 
 from ptmz.models import build_model
 from ptmz.train.loop import resolve_device
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--step", choices=STEPS, default="eager", help="ptmz's training step")
     args = parser.parse_args()
     args.data, args.lr = "synthetic", 0.1
 
@@ -70,7 +70,7 @@ def main() -> None:
     print(describe_machine(device))
     print(
         f"data: {what}; batch {args.batch}, {args.precision}"
-        f"{', compiled' if args.compile else ''}; median of {args.repeats} epochs after 1"
+        f", {args.step} step; median of {args.repeats} epochs after 1"
     )
     print(f"roofline: dense {args.precision} matrix product here, {peak / 1e9:.0f} GFLOP/s")
     print(
@@ -78,7 +78,7 @@ def main() -> None:
         f"{'% roofline':>10}"
     )
     for width in args.widths:
-        run = Ptmz(split, width, args, device, 1 + args.repeats, args.compile, 0, args.precision)
+        run = Ptmz(split, width, args, device, 1 + args.repeats, args.step, 0, args.precision)
         seconds = []
         for repeat in range(1 + args.repeats):
             synchronize(device)

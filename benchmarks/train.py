@@ -13,7 +13,8 @@ load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are 
 
     python benchmarks/train.py [--widths 2 8 32] [--batch 128] [--images 2048] [--repeats 3]
         [--workers 2] [--threads 0] [--device auto] [--data synthetic|cifar10 --data-root DIR]
-        [--compile]   # also ptmz with `compile=true` (CUDA; its warm-up epoch compiles)
+        [--steps eager compile cuda_graph]   # which of ptmz's training steps to time (the
+        # last two are CUDA's: `compile=true`, whose warm-up epoch compiles, `cuda_graph=true`)
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
 from ptmz.models import build_model
 from ptmz.train.loop import (
     build_optimizer,
-    compile_step,
     data_generator,
+    model_gradients,
     prepare_model,
     resolve_device,
     train_epoch,
@@ -131,6 +132,9 @@ class Reference:
         return running_loss / n
 
 
+STEPS = ("eager", "compile", "cuda_graph")  # ptmz's training steps: default, compile=true, ...
+
+
 class Ptmz:
     """ptmz's training epoch for one seed, set up the way `train_run` sets it up (the
     benchmarks' one setup of ptmz's side)."""
@@ -142,7 +146,7 @@ class Ptmz:
         args,
         device: torch.device,
         epochs: int,
-        compiled: bool = False,
+        step: str = "eager",
         seed: int = 0,
         precision: str = "fp32",
     ):
@@ -150,20 +154,20 @@ class Ptmz:
         self.loader = DeviceLoader(
             split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(seed)
         )
-        self.model = prepare_model(make_model(width, device, seed), device)
-        self.step_model = compile_step(self.model) if compiled else self.model
+        self.model = prepare_model(make_model(width, device, seed), device, step != "compile")
+        self.gradients = model_gradients(
+            self.model,
+            precision=precision,
+            compile=step == "compile",
+            cuda_graph=step == "cuda_graph",
+        )
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), recipe, args.lr, epochs, len(self.loader)
         )
-        self.precision = precision
 
     def epoch(self) -> float:
         return train_epoch(
-            self.step_model,
-            self.loader,
-            self.optimizer,
-            self.schedule,
-            precision=self.precision,
+            self.model, self.loader, self.optimizer, self.schedule, gradients=self.gradients
         )
 
 
@@ -198,7 +202,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
     parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--compile", action="store_true", help="also time ptmz compiled (CUDA)")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=["eager"])
     args = parser.parse_args()
 
     if args.threads:
@@ -213,16 +217,13 @@ def main() -> None:
         f"ResNet-18-w, batch {args.batch}, {steps} steps/epoch, lr {args.lr}, reference "
         f"DataLoader workers {args.workers}; 1 warm-up epoch, median of {args.repeats} epochs"
     )
-    ours = ["ptmz", "ptmz compiled"] if args.compile else ["ptmz"]
+    ours = [f"ptmz {step}" for step in args.steps]
     print(f"{'width':>5}  {'reference s/epoch':>17}", end="")
     print("".join(f"  {name + ' s/epoch':>21}  {'speed-up':>8}" for name in ours))
     for width in args.widths:
-        sides = {
-            "reference": Reference(split, width, args, device, epochs),
-            "ptmz": Ptmz(split, width, args, device, epochs),
-        }
-        if args.compile:
-            sides["ptmz compiled"] = Ptmz(split, width, args, device, epochs, compiled=True)
+        sides = {"reference": Reference(split, width, args, device, epochs)}
+        for step, name in zip(args.steps, ours, strict=True):
+            sides[name] = Ptmz(split, width, args, device, epochs, step)
         times: dict[str, list[float]] = {name: [] for name in sides}
         for run in sides.values():
             timed(run, device)  # warm-up

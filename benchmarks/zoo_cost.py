@@ -14,6 +14,8 @@ vectorised model) at a time on the device, and no time for loading data or writi
     python benchmarks/zoo_cost.py --zoo digits_resnet18
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --widths 2 8 --batch-sizes 8 128
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3
+    python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --step cuda_graph \
+        --precision bf16   # the options the zoo would be trained with (CUDA)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import math
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,15 @@ from hydra import compose, initialize_config_dir
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
-from ptmz.train.loop import build_optimizer, prepare_model, resolve_device, train_epoch
+from ptmz.train.loop import (
+    build_optimizer,
+    model_gradients,
+    prepare_model,
+    resolve_device,
+    train_epoch,
+)
 from ptmz.train.spec import Recipe
-from ptmz.train.together import train_epoch_together
+from ptmz.train.together import Together
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # training and test set sizes, channels, image side, classes
@@ -59,18 +68,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_point(
-    cfg, width: int, batch: int, steps: int, device: torch.device, together: int
-) -> float:
-    """Median seconds per training step and run at (width, batch), with `together` seeds
-    stepped as one vectorised model when it is above 1."""
+def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
+    """Median seconds per training step and run at (width, batch), with `args.together` seeds
+    stepped as one vectorised model when it is above 1, in `args.precision`, with
+    `args.step` (eager, compile or cuda_graph)."""
+    steps, together = args.steps, args.together
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
     data = synthetic(batch * steps, channels, side, classes)
     models, loaders, optimizers, schedules = [], [], [], []
     for seed in range(together):
         model = build_model(cfg.model.name, width, channels, classes, side)
-        models.append(prepare_model(model, device))
+        models.append(prepare_model(model, device, channels_last=args.step != "compile"))
         generator = torch.Generator().manual_seed(seed)
         norm = (0.5,) * channels, (0.25,) * channels
         loaders.append(DeviceLoader(data, batch, *norm, device, recipe.augment, generator))
@@ -80,13 +89,22 @@ def time_point(
         optimizers.append(optimizer)
         schedules.append(schedule)
 
-    def epoch() -> None:
-        if together == 1:
-            train_epoch(models[0], loaders[0], optimizers[0], schedules[0])
-        else:
-            train_epoch_together(models, loaders, optimizers, schedules)
+    cuda_graph = args.step == "cuda_graph"
+    if together == 1:
+        gradients = model_gradients(
+            models[0],
+            precision=args.precision,
+            compile=args.step == "compile",
+            cuda_graph=cuda_graph,
+        )
+        epoch = partial(
+            train_epoch, *models, *loaders, *optimizers, *schedules, gradients=gradients
+        )
+    else:
+        stack = Together(models, loaders, optimizers, schedules, args.precision, cuda_graph)
+        epoch = stack.train_epoch
 
-    epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice
+    epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice, graphs or compilation
     times = []
     for _ in range(2):
         sync(device)
@@ -130,7 +148,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per grid point")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
+    parser.add_argument("--step", choices=["eager", "compile", "cuda_graph"], default="eager")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
+    if args.together > 1 and args.step == "compile":
+        raise SystemExit("--step compile: not with --together (vmap is not compiled)")
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [f"zoo={args.zoo}"], return_hydra_config=True)
@@ -156,9 +178,7 @@ def main() -> None:
     for width in widths:
         evals[width] = time_eval(cfg, width, device)
         for batch in batches:
-            steps.setdefault(width, {})[batch] = time_point(
-                cfg, width, batch, args.steps, device, args.together
-            )
+            steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
 
     total, per_width = 0.0, {}
     for width in grid["width"]:
@@ -184,6 +204,7 @@ def main() -> None:
         f"projected: {total / 3600:.2f} device-hours ({total / 60:.1f} min) for "
         f"{len(per_width) * len(grid['batch_size']) * len(grid['seed'])} runs, "
         + ("one at a time" if args.together == 1 else f"{args.together} seeds at a time")
+        + f", {args.step} steps in {args.precision}"
         + (f"; widths {missing} not timed, not included" if missing else "")
     )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: install, time training on CUDA next to the roofline, project the published
 # zoo's cost, run the tests that need CUDA, then the side-by-side benchmarks. One call on a GPU
-# machine, about 6 minutes on an H100:
+# machine, at most 7 minutes:
 #
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 #
@@ -23,7 +23,7 @@ step() {  # step SECONDS TITLE COMMAND...
     shift 2
     echo
     echo "=== $title ($(date +%T), at most ${limit}s)"
-    timeout "$limit" "$@" || { echo "=== FAILED ($?): $title"; failed+=("$title"); }
+    timeout "$limit" "$@" || { local rc=$?; echo "=== FAILED ($rc): $title"; failed+=("$title"); return $rc; }
 }
 
 if [ -d .whl ]; then
@@ -34,23 +34,24 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # ptmz itself, without touch
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-step 60 "images/s per width next to the roofline (benchmarks/throughput.py)" \
-    "$PYTHON" benchmarks/throughput.py --device cuda --widths 2 8 32 128 --batch 128 --images 16384
+tput=(benchmarks/throughput.py --device cuda --batch 128 --images 16384)
+step 60 "images/s per width next to the roofline, CUDA-graph steps (throughput.py)" \
+    "$PYTHON" "${tput[@]}" --widths 2 8 32 128 --step cuda_graph
+step 30 "the same at width 8, eager steps (throughput.py)" "$PYTHON" "${tput[@]}" --widths 8
 zoo=(benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --batch-sizes 8 32 128 1024 --steps 5)
-step 90 "the 192-model CIFAR-10 ResNet-18 zoo, 3 seeds together, projected (zoo_cost.py)" \
-    "$PYTHON" "${zoo[@]}" --together 3
-step 75 "the same zoo, one run at a time, projected (zoo_cost.py)" "$PYTHON" "${zoo[@]}"
-step 100 "CUDA tests" \
+step 120 "the 192-model CIFAR-10 ResNet-18 zoo, 3 seeds together, CUDA graphs, bf16 (zoo_cost.py)" \
+    "$PYTHON" "${zoo[@]}" --together 3 --step cuda_graph --precision bf16 ||
+    step 120 "the same in fp32, to tell bf16 from the graphs (zoo_cost.py)" \
+        "$PYTHON" "${zoo[@]}" --together 3 --step cuda_graph
+step 120 "CUDA tests" \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
     -k "cuda or float64"
-step 75 "compiled, width 8 (benchmarks/throughput.py --compile)" \
-    "$PYTHON" benchmarks/throughput.py --device cuda --widths 8 --batch 128 --images 16384 --compile
-step 45 "3 seeds together vs one after another (benchmarks/seeds.py)" \
+step 45 "3 seeds together vs one after another, CUDA graphs on both sides (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
-    --images 1024 --repeats 2
-step 50 "training epoch vs the published-style loop (benchmarks/train.py)" \
+    --images 1024 --repeats 2 --step cuda_graph
+step 60 "training epoch vs the published-style loop (benchmarks/train.py)" \
     "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 32 --images 8192 --repeats 3 \
-    --workers 8
+    --workers 8 --steps eager cuda_graph
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then echo "=== all steps passed"; else printf '=== failed: %s\n' "${failed[@]}"; exit 1; fi

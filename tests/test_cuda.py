@@ -3,12 +3,18 @@ Skipped without one; `scripts/gpu_check.sh` runs them on a GPU machine."""
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+
 import pytest
 import torch
 
 from ptmz.data import DeviceLoader, load_dataset
 from ptmz.models import build_model
+from ptmz.objectives import cross_entropy
 from ptmz.train import RunSpec, evaluate, train_run, train_together
+from ptmz.train.gradients import Gradients, GraphedGradients
+from ptmz.train.loop import prepare_model
 from ptmz.train.run import Trainee, data_for
 from ptmz.zoo import RunDir
 
@@ -38,20 +44,58 @@ def test_cuda_run_is_channels_last_and_saves_plain_weights(tmp_path):
     assert trainee.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("change", [dict(compile=True), dict(precision="bf16")])
-def test_compiled_and_bf16_runs_train_like_the_plain_one(tmp_path, change):
+@pytest.mark.parametrize(
+    "change", [dict(compile=True), dict(cuda_graph=True), dict(precision="bf16")]
+)
+def test_compiled_graphed_and_bf16_runs_train_like_the_plain_one(tmp_path, change):
     plain = RunSpec(out_dir=str(tmp_path / "plain"), **TINY)
     other = RunSpec(out_dir=str(tmp_path / "other"), **{**TINY, **change})
     assert train_run(plain) == train_run(other) == "done"
-    assert (other.run_id == plain.run_id) == ("compile" in change)  # bf16 is another run
+    assert (other.run_id == plain.run_id) == ("precision" not in change)  # bf16: another run
     a, b = RunDir(plain.run_dir).records[-1], RunDir(other.run_dir).records[-1]
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.1)
     assert reevaluated_test_acc(other) == pytest.approx(b["test_acc"], abs=3 / 450)
 
 
-def test_seeds_together_on_cuda(tmp_path):
-    specs = [RunSpec(out_dir=str(tmp_path), seed=s, **TINY) for s in (0, 1, 2)]
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_seeds_together_on_cuda(tmp_path, cuda_graph):
+    specs = [
+        RunSpec(out_dir=str(tmp_path), seed=s, cuda_graph=cuda_graph, **TINY) for s in range(3)
+    ]
     assert train_together(specs) == ["done"] * 3
     for spec in specs:
         recorded = RunDir(spec.run_dir).records[-1]["test_acc"]
         assert reevaluated_test_acc(spec) == pytest.approx(recorded, abs=3 / 450)
+
+
+def test_graphed_gradients_equal_eager_ones(monkeypatch):
+    """Replayed from CUDA graphs, a step gives the eager step's loss, gradients and batch-norm
+    statistics, for both batch shapes of an epoch, however the shapes alternate: recording
+    (with its warm-up steps) leaves no trace. A parameter the loss does not use keeps no
+    gradient (so the optimizer skips it, as eagerly), and gradients set to None in between
+    are found again."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # both sides, same sums
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    eager_model = prepare_model(build_model("resnet18", 4, 1, 10, 8), cuda).train()
+    eager_model.unused = torch.nn.Parameter(torch.zeros(3, device=cuda))
+    graphed_model = copy.deepcopy(eager_model)
+    eager = Gradients(partial(cross_entropy, eager_model), list(eager_model.parameters()), "fp32")
+    graphed = GraphedGradients(
+        partial(cross_entropy, graphed_model),
+        list(graphed_model.parameters()),
+        "fp32",
+        list(graphed_model.buffers()),
+    )
+    for step, n in enumerate((64, 64, 3, 64, 3, 3)):
+        if step == 4:
+            for p in graphed.params:
+                p.grad = None
+        x = torch.randn(n, 1, 8, 8, device=cuda)
+        y = torch.randint(0, 10, (n,), device=cuda)
+        torch.testing.assert_close(graphed(x, y), eager(x, y))
+        for p_graphed, p_eager in zip(graphed.params, eager.params, strict=True):
+            torch.testing.assert_close(p_graphed.grad, p_eager.grad)  # both None for `unused`
+        for b_graphed, b_eager in zip(graphed_model.buffers(), eager_model.buffers(), strict=True):
+            torch.testing.assert_close(b_graphed, b_eager)
+    assert len(graphed.graphs) == 2

@@ -11,7 +11,7 @@ from ptmz.models import build_model
 from ptmz.train import Recipe, RunSpec, train_run, train_together
 from ptmz.train.loop import build_optimizer, data_generator, train_epoch
 from ptmz.train.run import Trainee
-from ptmz.train.together import train_epoch_together
+from ptmz.train.together import Together
 from ptmz.zoo import RunDir
 
 from conftest import launch
@@ -48,6 +48,8 @@ def assert_same_runs(alone: list[RunSpec], together: list[RunSpec]) -> None:
 
 
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+# eager everywhere; replayed from CUDA graphs where there is CUDA
+STEPS = [("cpu", False)] + ([("cuda", False), ("cuda", True)] if torch.cuda.is_available() else [])
 
 
 def float64_trainee(data, seed: int, recipe: Recipe, epochs: int, device: str):
@@ -67,19 +69,21 @@ def float64_trainee(data, seed: int, recipe: Recipe, epochs: int, device: str):
     return model, loader, optimizer, schedule
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("device", "cuda_graph"), STEPS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_epochs_together_equal_epochs_alone_in_float64(optimizer, device):
+def test_epochs_together_equal_epochs_alone_in_float64(optimizer, device, cuda_graph):
     """In float64 the summation order no longer shows: two vectorised epochs of three seeds
     (published recipe, lr 0.1) leave weights, BN statistics, optimizer state and schedule
-    where two `train_epoch`s of each seed alone leave them."""
+    where two `train_epoch`s of each seed alone leave them, eager or replayed from CUDA graphs
+    (one per batch shape: the digits' 1347 samples end in a batch of 67)."""
     data = load_dataset("digits", "data", download=False)
     recipe = Recipe(optimizer=optimizer)
     alone = [float64_trainee(data, seed, recipe, 2, device) for seed in SEEDS]
     together = [float64_trainee(data, seed, recipe, 2, device) for seed in SEEDS]
+    stack = Together(*zip(*together, strict=True), cuda_graph=cuda_graph)
     for _ in range(2):
         losses_alone = [train_epoch(*trainee) for trainee in alone]
-        losses_together = train_epoch_together(*zip(*together, strict=True))
+        losses_together = stack.train_epoch()
         assert losses_together == pytest.approx(losses_alone, rel=1e-6)  # summed in float32
     for (model_a, _, opt_a, sched_a), (model_b, _, opt_b, sched_b) in zip(
         alone, together, strict=True
@@ -156,9 +160,12 @@ def test_together_and_compile_reject_what_they_cannot_train(tmp_path):
     with pytest.raises(ConfigError, match="compile"):
         train_together(specs(tmp_path, compile=True))
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="compile=True.*compiling is for CUDA"):
-            train_run(RunSpec(out_dir=str(tmp_path), compile=True, **TINY))
+        for key in ("compile", "cuda_graph"):
+            with pytest.raises(ConfigError, match=f"{key}=True.*it is for CUDA"):
+                train_run(RunSpec(out_dir=str(tmp_path), **{key: True}, **TINY))
         assert not (tmp_path / "digits_resnet18").exists()  # refused before any run was made
+    with pytest.raises(ConfigError, match="cuda_graph=True.*false with compile=true"):
+        RunSpec(compile=True, cuda_graph=True)
 
 
 def test_launch_trains_packed_seeds_together(tmp_path):

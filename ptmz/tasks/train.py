@@ -26,6 +26,7 @@ RUN_KEYS = (
     "progress",
     "precision",
     "compile",
+    "cuda_graph",
     "temperature",
     "load",
 )

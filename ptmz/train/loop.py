@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import nn
 from ptmz.data import DeviceLoader
 from ptmz.errors import ConfigError
 from ptmz.objectives import Loss, cross_entropy
+from ptmz.train.gradients import Gradients, GraphedGradients
 from ptmz.train.spec import Recipe
 
 
@@ -49,6 +49,22 @@ def compile_step(model: nn.Module) -> nn.Module:
     Meant for CUDA: on a CPU, torch 2.14's compiled ResNet backward was seen to stall for
     minutes in oneDNN's 1x1-convolution weight gradient, so runs refuse `compile` there."""
     return torch.compile(model, mode="reduce-overhead")
+
+
+def model_gradients(
+    model: nn.Module,
+    loss_fn: Loss = cross_entropy,
+    precision: str = "fp32",
+    compile: bool = False,
+    cuda_graph: bool = False,
+) -> Gradients:
+    """How a training step of `model` computes its loss `loss_fn(model, x, y)` and gradients:
+    eagerly, through the compiled model, or replayed from CUDA graphs."""
+    step_model = compile_step(model) if compile else model
+    loss, params = partial(loss_fn, step_model), list(model.parameters())
+    if cuda_graph:
+        return GraphedGradients(loss, params, precision, list(model.buffers()))
+    return Gradients(loss, params, precision)
 
 
 def data_generator(seed: int) -> torch.Generator:
@@ -97,37 +113,25 @@ def warmup_cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """The training step's numerics: fp32, or bf16 autocast (matmuls and convolutions in bf16
-    with fp32 accumulation; weights, optimizer state and the loss reduction stay fp32).
-    fp32 enters no autocast context at all: torch 2.14 was seen to hang a compiled model's
-    backward under a disabled one."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def train_epoch(
     model: nn.Module,
     loader: DeviceLoader,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     on_step: Callable[[], Any] = lambda: None,
-    precision: str = "fp32",
-    loss_fn: Loss = cross_entropy,
+    gradients: Gradients | None = None,
 ) -> float:
-    """One pass of training on `loss_fn` over `loader`; the mean training loss of its batches
-    (read from the device once, at the end)."""
+    """One pass of training over `loader`; the mean training loss of its batches (read from
+    the device once, at the end). `gradients` computes each batch's loss and gradients: by
+    default eagerly, the cross-entropy of `model` in fp32."""
     model.train()
+    gradients = gradients or model_gradients(model)
     device = loader.labels.device
     loss_sum = torch.zeros((), device=device)
     for x, y in loader:
-        with autocast(device, precision):
-            loss = loss_fn(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = gradients(x, y)
         optimizer.step()
         schedule.step()
-        loss_sum += loss.detach() * len(y)
+        loss_sum += loss * len(y)
         on_step()
     return loss_sum.item() / len(loader.labels)

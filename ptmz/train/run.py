@@ -23,14 +23,14 @@ from ptmz.models import build_model
 from ptmz.objectives import Classification, objective_for
 from ptmz.train.loop import (
     build_optimizer,
-    compile_step,
     data_generator,
+    model_gradients,
     prepare_model,
     resolve_device,
     train_epoch,
 )
 from ptmz.train.spec import RunSpec
-from ptmz.train.together import train_epoch_together
+from ptmz.train.together import Together
 from ptmz.zoo.rundir import FINISHED, RunDir
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ class Trainee:
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), spec.recipe, spec.lr, spec.epochs, len(self.loader)
         )
-        self.step_model = compile_step(self.model) if spec.compile else self.model
+        self.gradients = model_gradients(
+            self.model, self.objective.loss, spec.precision, spec.compile, spec.cuda_graph
+        )
         self.info = dict(epochs=spec.epochs, host=socket.gethostname())
         self.state: str | None = None  # done or diverged once finished
         self._start()
@@ -133,13 +135,7 @@ class Trainee:
 
     def train_epoch(self, on_step: Callable[[], Any]) -> float:
         return train_epoch(
-            self.step_model,
-            self.loader,
-            self.optimizer,
-            self.schedule,
-            on_step,
-            self.spec.precision,
-            self.objective.loss,
+            self.model, self.loader, self.optimizer, self.schedule, on_step, self.gradients
         )
 
     def end_epoch(self, batch_loss: float, seconds: float) -> None:
@@ -170,6 +166,7 @@ class Trainee:
 
     def _finish(self, state: str) -> None:
         self.state = state
+        self.gradients = None  # it steps no more: free its CUDA graphs' memory for the next run
         self.run.write_status(state, epoch=self.epoch, **self.info)
         if state == "done":
             self.run.drop_resume_state()
@@ -228,10 +225,12 @@ def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]
     if todo:
         check_writable(specs[0].out_dir)
         device = resolve_device(specs[0].device)
-        if specs[0].compile and device.type != "cuda":
-            raise ConfigError("compile", True, f"false on device {device}: compiling is for CUDA")
-        if specs[0].compile and specs[0].dataset == "convection":
-            raise ConfigError("compile", True, "false for dataset=convection (input gradients)")
+        for key in ("compile", "cuda_graph"):
+            if getattr(specs[0], key) and device.type != "cuda":
+                raise ConfigError(key, True, f"false on device {device}: it is for CUDA")
+            if getattr(specs[0], key) and specs[0].dataset == "convection":
+                reason = "its loss differentiates the inputs and picks points by kind"
+                raise ConfigError(key, True, f"false for dataset=convection ({reason})")
         data = data_for(specs[0], device)
         with ExitStack() as locks:
             mine = []
@@ -302,20 +301,28 @@ def _vectorised(trainees: list[Trainee]) -> None:
         names = ", ".join(t.run.path.name for t in active)
         log.info("training %d runs together as one vectorised model: %s", len(active), names)
     bar = _progress(trainees, f"{len(trainees)} seeds together")
+    together, members = None, []
     while active:
         epoch = min(t.epoch for t in active)
         group = [t for t in active if t.epoch == epoch]
+        if group != members:  # the first epoch, or a run caught up, diverged or finished
+            together, members = _together(group), group
         began = time.perf_counter()
-        losses = train_epoch_together(
-            [t.model for t in group],
-            [t.loader for t in group],
-            [t.optimizer for t in group],
-            [t.schedule for t in group],
-            lambda: bar.update(len(group)),  # noqa: B023 (called within this iteration)
-            group[0].spec.precision,
-        )
+        losses = together.train_epoch(lambda: bar.update(len(group)))  # noqa: B023
         seconds = (time.perf_counter() - began) / len(group)  # each run's share
         for trainee, batch_loss in zip(group, losses, strict=True):
             trainee.end_epoch(batch_loss, seconds)
         active = [t for t in active if t.state is None]
     bar.close()
+
+
+def _together(group: list[Trainee]) -> Together:
+    spec = group[0].spec
+    return Together(
+        [t.model for t in group],
+        [t.loader for t in group],
+        [t.optimizer for t in group],
+        [t.schedule for t in group],
+        spec.precision,
+        spec.cuda_graph,
+    )

@@ -59,6 +59,7 @@ class RunSpec:
     checkpoints: int | tuple[int, ...] = 1  # every N epochs, or a list; 0 and last always kept
     progress: bool = True
     compile: bool = False  # torch.compile the training step: the same math, other rounding
+    cuda_graph: bool = False  # replay each step's forward and backward from a CUDA graph
     temperature: str = "batch_size"  # the zoo's axes, which name its run directories
     load: str = "width"
 
@@ -75,9 +76,11 @@ class RunSpec:
         choose("load", self.load, dict.fromkeys(LOADS))
         if getattr(self, self.load) is None:
             raise ConfigError("load", self.load, f"an axis this run sets ({self.load} is null)")
-        for key in ("download", "progress", "compile"):
+        for key in ("download", "progress", "compile", "cuda_graph"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "true or false")
+        if self.compile and self.cuda_graph:
+            raise ConfigError("cuda_graph", True, "false with compile=true, which records its own")
         for key in ("width", "batch_size", "epochs"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)

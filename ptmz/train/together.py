@@ -7,7 +7,8 @@ convolutions, batch norm keeps per-model statistics). Each model's loss depends 
 own slice, so the gradient of the summed losses is every model's own gradient, and an
 elementwise optimizer (SGD, Adam) stepping the stacked tensors updates each slice exactly as
 it would update that model alone. What is saved and resumed is the separate models and their
-optimizers: stacking lives for one epoch.
+optimizers: they are copied into the stack before an epoch and back out after it, while the
+stacked tensors themselves stay (a CUDA graph of the step keeps their addresses).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ptmz.data import DeviceLoader
-from ptmz.train.loop import autocast
+from ptmz.train.gradients import Gradients, GraphedGradients
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
 
@@ -53,11 +54,20 @@ class ModelStack:
         return vmap(one)(self.params, self.buffers, x, y)
 
     @torch.no_grad()
+    def load(self, models: Sequence[nn.Module]) -> None:
+        """Copy each model's parameters and buffers into its slice of the stack."""
+        for own, stacked in self._pairs(models):
+            stacked.copy_(own)
+
+    @torch.no_grad()
     def unstack_into(self, models: Sequence[nn.Module]) -> None:
+        for own, stacked in self._pairs(models):
+            own.copy_(stacked)
+
+    def _pairs(self, models: Sequence[nn.Module]):
         for i, model in enumerate(models):
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                stacked = self.params.get(name, self.buffers.get(name))
-                tensor.copy_(stacked[i])
+                yield tensor, self.params.get(name, self.buffers.get(name))[i]
 
 
 def _without_cudnn(forward: Callable[[torch.Tensor], torch.Tensor]):
@@ -111,48 +121,61 @@ def _unstack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.o
                 state[key] = value.clone() if key in SHARED_STATE else value[i].clone()
 
 
-def train_epoch_together(
-    models: Sequence[nn.Module],
-    loaders: Sequence[DeviceLoader],
-    optimizers: Sequence[torch.optim.Optimizer],
-    schedules: Sequence[Schedule],
-    on_step: Callable[[], Any] = lambda: None,
-    precision: str = "fp32",
-) -> list[float]:
-    """One epoch of each model over its own loader, as one vectorised step per batch; each
-    model's mean training loss. Models, optimizers and schedules are left as if each had run
-    `train_epoch` alone (to float rounding: grouped and single convolutions sum in other orders).
+class Together:
+    """`models` trained as one vectorised model, each over its own loader, with its own
+    optimizer and schedule, epoch after epoch: the stack, its optimizer and the step's
+    gradients (eagerly, or replayed from CUDA graphs with `cuda_graph`) are made once.
 
     The optimizers must be one class with one parameter group each (what `build_optimizer`
     makes); their schedules keep driving the hyperparameters, which the stacked optimizer copies
-    every step. Every loader must yield batches of the same sizes.
-    """
-    for model in models:
-        model.train()
-    stack = ModelStack(models)
-    first = optimizers[0]
-    accepted = inspect.signature(type(first)).parameters  # AdamW fixes some Adam defaults
-    options = {k: v for k, v in first.defaults.items() if k in accepted}
-    stacked = type(first)(list(stack.params.values()), **options)
-    _stack_state(optimizers, stacked)
-    device = loaders[0].labels.device
-    loss_sums = torch.zeros(len(models), device=device)
-    for batches in zip(*loaders, strict=True):
-        x = torch.stack([x for x, _ in batches])
-        y = torch.stack([y for _, y in batches])
-        hyper = {k: v for k, v in first.param_groups[0].items() if k != "params"}
-        stacked.param_groups[0].update(hyper)
-        with autocast(device, precision):
-            losses = stack.losses(x, y)
-        stacked.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        stacked.step()
-        with warnings.catch_warnings():  # their optimizers do not step: the stacked one does
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            for schedule in schedules:
-                schedule.step()
-        loss_sums += losses.detach() * y.shape[1]
-        on_step()
-    stack.unstack_into(models)
-    _unstack_state(optimizers, stacked)
-    return [loss_sum / len(loaders[0].labels) for loss_sum in loss_sums.tolist()]
+    every step. Every loader must yield batches of the same sizes."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        loaders: Sequence[DeviceLoader],
+        optimizers: Sequence[torch.optim.Optimizer],
+        schedules: Sequence[Schedule],
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+    ) -> None:
+        self.models, self.loaders = models, loaders
+        self.optimizers, self.schedules = optimizers, schedules
+        for model in models:  # stack_module_state asks for one mode; evaluation left some in eval
+            model.train()
+        self.stack = ModelStack(models)
+        first = optimizers[0]
+        accepted = inspect.signature(type(first)).parameters  # AdamW fixes some Adam defaults
+        options = {k: v for k, v in first.defaults.items() if k in accepted}
+        params = list(self.stack.params.values())
+        self.optimizer = type(first)(params, **options)
+        if cuda_graph:
+            buffers = list(self.stack.buffers.values())
+            self.gradients = GraphedGradients(self.stack.losses, params, precision, buffers)
+        else:
+            self.gradients = Gradients(self.stack.losses, params, precision)
+
+    def train_epoch(self, on_step: Callable[[], Any] = lambda: None) -> list[float]:
+        """One epoch of each model, as one vectorised step per batch; each model's mean
+        training loss. Models, optimizers and schedules are left as if each had run
+        `train_epoch` alone (to float rounding: grouped and single convolutions sum in other
+        orders)."""
+        self.stack.load(self.models)
+        _stack_state(self.optimizers, self.optimizer)
+        hyper = self.optimizers[0].param_groups[0]
+        loss_sums = torch.zeros(len(self.models), device=self.loaders[0].labels.device)
+        for batches in zip(*self.loaders, strict=True):
+            x = torch.stack([x for x, _ in batches])
+            y = torch.stack([y for _, y in batches])
+            self.optimizer.param_groups[0].update({k: v for k, v in hyper.items() if k != "params"})
+            losses = self.gradients(x, y)
+            self.optimizer.step()
+            with warnings.catch_warnings():  # their optimizers do not step: the stacked one does
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                for schedule in self.schedules:
+                    schedule.step()
+            loss_sums += losses * y.shape[1]
+            on_step()
+        self.stack.unstack_into(self.models)
+        _unstack_state(self.optimizers, self.optimizer)
+        return [loss_sum / len(self.loaders[0].labels) for loss_sum in loss_sums.tolist()]

@@ -41,6 +41,7 @@ NOT_GRID = {
     "checkpoints",
     "progress",
     "compile",
+    "cuda_graph",
     "temperature",
     "load",
     "params",
