@@ -9,7 +9,7 @@ from ptmz.data import DeviceLoader, load_dataset
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.train import Recipe, RunSpec, train_run, train_together
-from ptmz.train.loop import build_optimizer, data_generator, train_epoch
+from ptmz.train.loop import build_optimizer, data_generator, model_gradients, train_epoch
 from ptmz.train.run import Trainee
 from ptmz.train.together import Together
 from ptmz.zoo import RunDir
@@ -166,6 +166,8 @@ def test_together_and_compile_reject_what_they_cannot_train(tmp_path):
         assert not (tmp_path / "digits_resnet18").exists()  # refused before any run was made
     with pytest.raises(ConfigError, match="cuda_graph=True.*false with compile=true"):
         RunSpec(compile=True, cuda_graph=True)
+    with pytest.raises(ConfigError, match=r"cuda_graph=True.*false for parameters on \['cpu'\]"):
+        model_gradients(build_model("resnet18", 2, 1, 10), cuda_graph=True)
 
 
 def test_launch_trains_packed_seeds_together(tmp_path):

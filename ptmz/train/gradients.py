@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from ptmz.errors import ConfigError
+
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # a recorded step: its graph, static inputs x and y, and static loss
 Recorded = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -66,6 +68,9 @@ class GraphedGradients(Gradients):
         buffers: Sequence[torch.Tensor],
     ) -> None:
         super().__init__(loss, params, precision)
+        devices = {p.device.type for p in self.params}
+        if devices != {"cuda"}:
+            raise ConfigError("cuda_graph", True, f"false for parameters on {sorted(devices)}")
         self.buffers = list(buffers)
         self.grads: list[torch.Tensor | None] = []  # where the graphs write each gradient
         self.graphs: dict[tuple, Recorded] = {}  # per batch shape
