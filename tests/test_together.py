@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptmz.data import DeviceLoader, load_dataset
+from ptmz.data import DeviceLoader, load_dataset, stacked_batches
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.train import Recipe, RunSpec, train_run, train_together
@@ -195,3 +195,43 @@ def test_a_run_that_cannot_start_fails_alone(tmp_path, monkeypatch):
     with pytest.raises(PtmzError, match="unreadable"):
         train_together(runs)
     assert [RunDir(s.run_dir).state for s in runs] == ["failed", "done", "done"]
+
+
+def test_stacked_batches_are_each_loaders_own_batches():
+    """The batches of three seeds, gathered and augmented as one, are exactly the batches each
+    seed's loader yields alone, pass after pass, the last smaller batch included; loaders that
+    batch differently cannot be stacked."""
+    data = load_dataset("digits", "data", download=False)
+
+    def loaders(batch_size: int = 128) -> list[DeviceLoader]:
+        cpu = torch.device("cpu")
+        return [
+            DeviceLoader(
+                data.train,
+                batch_size,
+                data.mean,
+                data.std,
+                cpu,
+                Recipe().augment,
+                data_generator(s),
+            )
+            for s in SEEDS
+        ]
+
+    alone, stacked = loaders(), loaders()
+    for _ in range(2):
+        steps = list(zip(*alone, strict=True))
+        together = list(stacked_batches(stacked))
+        assert len(together) == len(steps) == 11
+        for batches, (x, y) in zip(steps, together, strict=True):
+            assert torch.equal(x, torch.stack([x for x, _ in batches]))
+            assert torch.equal(y, torch.stack([y for _, y in batches]))
+    assert together[-1][0].shape == (len(SEEDS), 1347 - 10 * 128, 1, 8, 8)
+    assert not torch.equal(together[0][0][0], together[0][0][1])  # each seed its own batch
+    models = [build_model("resnet18", 2, 1, 10) for _ in SEEDS]
+    mixed = loaders()[:2] + loaders(batch_size=64)[2:]
+    optimizers, schedules = zip(
+        *(build_optimizer(m.parameters(), Recipe(), 0.1, 1, 11) for m in models), strict=True
+    )
+    with pytest.raises(ValueError, match="same batch size, augmentation and normalisation"):
+        Together(models, mixed, optimizers, schedules)

@@ -3,7 +3,7 @@ reader of exported zoos (`ZooDataset`)."""
 
 from ptmz.data.augment import Augment, augment_batch
 from ptmz.data.datasets import DATASETS, DatasetNotFound, ImageDataset, Split, load_dataset
-from ptmz.data.loader import DeviceLoader
+from ptmz.data.loader import DeviceLoader, stacked_batches
 from ptmz.data.subset import fixed_subset, stratified_subset
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "augment_batch",
     "fixed_subset",
     "load_dataset",
+    "stacked_batches",
     "stratified_subset",
 ]
 

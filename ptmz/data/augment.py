@@ -34,7 +34,9 @@ class Draws:
 
     @staticmethod
     def cat(parts: list[Draws]) -> Draws:
-        """The draws of consecutive batches as one."""
+        """The draws of consecutive batches (or of batches to be augmented as one) as one."""
+        if len(parts) == 1:
+            return parts[0]
         first = parts[0]
         return Draws(
             None if first.offsets is None else torch.cat([p.offsets for p in parts], 1),

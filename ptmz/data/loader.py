@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -48,19 +48,58 @@ class DeviceLoader:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return _passes([self])
+
+    def plan(self) -> tuple[torch.Tensor, Draws | None]:
+        """A new pass: its order and its augmentation draws (None without augmentation), all
+        drawn from the generator now."""
         n = len(self.labels)
         if self.generator is None:
             order = torch.arange(n, device=self.labels.device)
         else:
             order = torch.randperm(n, generator=self.generator).to(self.labels.device)
-        starts = range(0, n, self.batch_size)
-        if self.augment is not None:
-            sizes = [min(self.batch_size, n - start) for start in starts]
-            per_batch = [draw(size, self.augment, self.generator) for size in sizes]
-            draws = Draws.cat(per_batch).to(self.labels.device)
-        for start in starts:
-            batch = slice(start, start + self.batch_size)
-            x, y = self.images[order[batch]], self.labels[order[batch]]
-            if self.augment is not None:
-                x = apply(x, self.augment, draws[batch])
-            yield x if self.mean is None else (x.float() - self.mean) / self.std, y
+        if self.augment is None:
+            return order, None
+        sizes = [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
+        per_batch = [draw(size, self.augment, self.generator) for size in sizes]
+        return order, Draws.cat(per_batch).to(self.labels.device)
+
+    def shares_batches_with(self, other: DeviceLoader) -> bool:
+        """Whether `other` batches the same samples the same way (its own order and draws
+        aside), so that their batches can be made as one."""
+        tensors = ("images", "labels", "mean", "std")
+        return (other.batch_size, other.augment) == (self.batch_size, self.augment) and all(
+            _same(getattr(other, name), getattr(self, name)) for name in tensors
+        )
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
+
+
+def stacked_batches(
+    loaders: Sequence[DeviceLoader],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass of each of `loaders` (which share their batches, see `shares_batches_with`),
+    step by step: (M, B, ...) images and (M, B) labels, loader m's batch at [m], exactly what it
+    yields alone. Each keeps its own order and draws, but the M batches of a step are gathered,
+    augmented and normalised as one, so the work per step is one loader's."""
+    for x, y in _passes(loaders):
+        yield x.unflatten(0, (len(loaders), -1)), y.unflatten(0, (len(loaders), -1))
+
+
+def _passes(loaders: Sequence[DeviceLoader]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A pass of each loader, their batches of a step joined along the batch dimension."""
+    first = loaders[0]
+    plans = [loader.plan() for loader in loaders]
+    for start in range(0, len(first.labels), first.batch_size):
+        batch = slice(start, start + first.batch_size)
+        index = _joined([order[batch] for order, _ in plans])
+        x, y = first.images[index], first.labels[index]
+        if first.augment is not None:
+            x = apply(x, first.augment, Draws.cat([draws[batch] for _, draws in plans]))
+        yield x if first.mean is None else (x.float() - first.mean) / first.std, y
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)  # one loader: no copy

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ptmz.data import DeviceLoader
+from ptmz.data import DeviceLoader, stacked_batches
 from ptmz.train.gradients import Gradients, GraphedGradients
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
@@ -128,7 +128,8 @@ class Together:
 
     The optimizers must be one class with one parameter group each (what `build_optimizer`
     makes); their schedules keep driving the hyperparameters, which the stacked optimizer copies
-    every step. Every loader must yield batches of the same sizes."""
+    every step. The loaders must share their batches (`DeviceLoader.shares_batches_with`): a
+    step's batches are gathered and augmented as one."""
 
     def __init__(
         self,
@@ -139,6 +140,11 @@ class Together:
         precision: str = "fp32",
         cuda_graph: bool = False,
     ) -> None:
+        if not all(loaders[0].shares_batches_with(loader) for loader in loaders[1:]):
+            raise ValueError(
+                "models trained together need loaders over the same samples with the same "
+                "batch size, augmentation and normalisation (each with its own generator)"
+            )
         self.models, self.loaders = models, loaders
         self.optimizers, self.schedules = optimizers, schedules
         for model in models:  # stack_module_state asks for one mode; evaluation left some in eval
@@ -164,9 +170,7 @@ class Together:
         _stack_state(self.optimizers, self.optimizer)
         hyper = self.optimizers[0].param_groups[0]
         loss_sums = torch.zeros(len(self.models), device=self.loaders[0].labels.device)
-        for batches in zip(*self.loaders, strict=True):
-            x = torch.stack([x for x, _ in batches])
-            y = torch.stack([y for _, y in batches])
+        for x, y in stacked_batches(self.loaders):
             self.optimizer.param_groups[0].update({k: v for k, v in hyper.items() if k != "params"})
             losses = self.gradients(x, y)
             self.optimizer.step()
