@@ -125,7 +125,8 @@ def train_epoch(
     the device once, at the end). `gradients` computes each batch's loss and gradients: by
     default eagerly, the cross-entropy of `model` in fp32."""
     model.train()
-    gradients = gradients or model_gradients(model)
+    if gradients is None:
+        gradients = model_gradients(model)
     device = loader.labels.device
     loss_sum = torch.zeros((), device=device)
     for x, y in loader:
