@@ -135,6 +135,11 @@ class Reference:
 STEPS = ("eager", "compile", "cuda_graph")  # ptmz's training steps: default, compile=true, ...
 
 
+def step_options(step: str) -> dict[str, bool]:
+    """`model_gradients`' switches for one of STEPS."""
+    return dict(compile=step == "compile", cuda_graph=step == "cuda_graph")
+
+
 class Ptmz:
     """ptmz's training epoch for one seed, set up the way `train_run` sets it up (the
     benchmarks' one setup of ptmz's side)."""
@@ -155,12 +160,7 @@ class Ptmz:
             split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(seed)
         )
         self.model = prepare_model(make_model(width, device, seed), device, step != "compile")
-        self.gradients = model_gradients(
-            self.model,
-            precision=precision,
-            compile=step == "compile",
-            cuda_graph=step == "cuda_graph",
-        )
+        self.gradients = model_gradients(self.model, precision=precision, **step_options(step))
         self.optimizer, self.schedule = build_optimizer(
             self.model.parameters(), recipe, args.lr, epochs, len(self.loader)
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from train import STEPS, step_options, synchronize
 
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
@@ -63,11 +64,6 @@ def synthetic(n: int, channels: int, side: int, classes: int) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(rng.integers(0, classes, n)))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
     """Median seconds per training step and run at (width, batch), with `args.together` seeds
     stepped as one vectorised model when it is above 1, in `args.precision`, with
@@ -89,28 +85,24 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
         optimizers.append(optimizer)
         schedules.append(schedule)
 
-    cuda_graph = args.step == "cuda_graph"
+    options = step_options(args.step)
     if together == 1:
-        gradients = model_gradients(
-            models[0],
-            precision=args.precision,
-            compile=args.step == "compile",
-            cuda_graph=cuda_graph,
-        )
+        gradients = model_gradients(models[0], precision=args.precision, **options)
         epoch = partial(
             train_epoch, *models, *loaders, *optimizers, *schedules, gradients=gradients
         )
     else:
+        cuda_graph = options["cuda_graph"]
         stack = Together(models, loaders, optimizers, schedules, args.precision, cuda_graph)
         epoch = stack.train_epoch
 
     epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice, graphs or compilation
     times = []
     for _ in range(2):
-        sync(device)
+        synchronize(device)
         began = time.perf_counter()
         epoch()
-        sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - began) / (len(loaders[0]) * together))
     return statistics.median(times)
 
@@ -123,10 +115,10 @@ def time_eval(cfg, width: int, device: torch.device, samples: int = 2048) -> flo
     data = synthetic(samples, channels, side, classes)
     loader = DeviceLoader(data, 1024, (0.5,) * channels, (0.25,) * channels, device)
     evaluate(model, loader)
-    sync(device)
+    synchronize(device)
     began = time.perf_counter()
     evaluate(model, loader)
-    sync(device)
+    synchronize(device)
     return (time.perf_counter() - began) / samples
 
 
@@ -148,7 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per grid point")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
-    parser.add_argument("--step", choices=["eager", "compile", "cuda_graph"], default="eager")
+    parser.add_argument("--step", choices=STEPS, default="eager")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     if args.together > 1 and args.step == "compile":
