@@ -165,12 +165,13 @@ def main() -> None:
         f"{cfg.epochs} epochs, grid width {grid['width']} x batch {grid['batch_size']} x "
         f"{len(grid['seed'])} seeds; device {name}, torch {torch.__version__}"
     )
-    print(f"{'width':>6} {'batch':>6} {'ms/step':>9} {'steps/epoch':>12} {'min/run':>9}")
     steps, evals = {}, {}
     for width in widths:
         evals[width] = time_eval(cfg, width, device)
         for batch in batches:
             steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
+            print(f"timed width {width} batch {batch}: {1000 * steps[width][batch]:.2f} ms/step")
+    print(f"{'width':>6} {'batch':>6} {'ms/step':>9} {'steps/epoch':>12} {'min/run':>9}")
 
     total, per_width = 0.0, {}
     for width in grid["width"]:

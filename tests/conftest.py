@@ -13,6 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from ptmz.zoo import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,26 @@ FAST = {
     "curve": ["task.epochs=1", "task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
     "interpolate": ["task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
 }
+
+
+def training_gap(run: str, reference: str, epoch: int = 1) -> float:
+    """How differently two runs from the same initialisation moved their weights and statistics
+    by `epoch`: |d_run - d_ref| / |d_ref|, d the change since epoch 0. A run's dynamics are
+    chaotic (a rounding-level difference was seen to grow about 100x per epoch), so runs are
+    compared early, on what they did, not on a late loss."""
+
+    def moved(run_dir: str) -> torch.Tensor:
+        start, end = RunDir(run_dir).load_weights(0), RunDir(run_dir).load_weights(epoch)
+        return torch.cat(
+            [
+                (end[k].double() - v.double()).flatten()
+                for k, v in start.items()
+                if v.is_floating_point()
+            ]
+        )
+
+    d_run, d_ref = moved(run), moved(reference)
+    return float((d_run - d_ref).norm() / d_ref.norm())
 
 
 def launch(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:

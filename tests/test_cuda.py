@@ -18,9 +18,14 @@ from ptmz.train.loop import prepare_model
 from ptmz.train.run import Trainee, data_for
 from ptmz.zoo import RunDir
 
+from conftest import training_gap
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY = dict(width=4, batch_size=64, epochs=2, lr=0.02, device="cuda", progress=False)
+# lr small enough that runs compared after one epoch have not yet drifted apart (training_gap):
+# at 0.02, two plain runs differing only in cuDNN's nondeterministic sums ended at 2.4 and 4.2
+# in training loss.
+TINY = dict(width=4, batch_size=64, epochs=2, lr=0.002, device="cuda", progress=False)
 
 
 def reevaluated_test_acc(spec: RunSpec) -> float:
@@ -52,17 +57,20 @@ def test_compiled_graphed_and_bf16_runs_train_like_the_plain_one(tmp_path, chang
     other = RunSpec(out_dir=str(tmp_path / "other"), **{**TINY, **change})
     assert train_run(plain) == train_run(other) == "done"
     assert (other.run_id == plain.run_id) == ("precision" not in change)  # bf16: another run
-    a, b = RunDir(plain.run_dir).records[-1], RunDir(other.run_dir).records[-1]
-    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.1)
-    assert reevaluated_test_acc(other) == pytest.approx(b["test_acc"], abs=3 / 450)
+    assert training_gap(other.run_dir, plain.run_dir) < 0.25
+    recorded = RunDir(other.run_dir).records[-1]["test_acc"]
+    assert reevaluated_test_acc(other) == pytest.approx(recorded, abs=3 / 450)
 
 
-@pytest.mark.parametrize("cuda_graph", [False, True])
-def test_seeds_together_on_cuda(tmp_path, cuda_graph):
-    specs = [
-        RunSpec(out_dir=str(tmp_path), seed=s, cuda_graph=cuda_graph, **TINY) for s in range(3)
-    ]
+@pytest.mark.parametrize(
+    "change", [dict(), dict(cuda_graph=True), dict(cuda_graph=True, precision="bf16")]
+)
+def test_seeds_together_on_cuda(tmp_path, change):
+    specs = [RunSpec(out_dir=str(tmp_path), seed=s, **TINY, **change) for s in range(3)]
+    alone = RunSpec(out_dir=str(tmp_path / "alone"), seed=0, **TINY, **change)
     assert train_together(specs) == ["done"] * 3
+    assert train_run(alone) == "done"
+    assert training_gap(specs[0].run_dir, alone.run_dir) < 0.25
     for spec in specs:
         recorded = RunDir(spec.run_dir).records[-1]["test_acc"]
         assert reevaluated_test_acc(spec) == pytest.approx(recorded, abs=3 / 450)

@@ -15,7 +15,7 @@ import ptmz.train.run
 from ptmz.train import RunSpec, train_run
 from ptmz.zoo import RunDir
 
-from conftest import launch, popen_launch
+from conftest import launch, popen_launch, training_gap
 
 TINY = dict(width=2, batch_size=256, epochs=3, progress=False)
 
@@ -195,3 +195,16 @@ def test_a_new_checkpoint_schedule_on_resume_keeps_earlier_checkpoints(tmp_path)
     run.save_checkpoint(4, weights, {"epoch": 4}, keep=lambda e: e == 0)  # resumed: keep 0 only
     assert run.checkpoint_epochs == [0, 1, 2, 4]  # 3 was only the superseded resume point
     assert run.resume_epoch == 4
+
+
+def test_bf16_run_moves_the_weights_like_the_fp32_one(tmp_path):
+    """bf16 autocast changes a run's rounding, not its training: after one epoch it has moved
+    the weights as the fp32 run did to a few per cent, where another seed is all different."""
+    tiny = dict(width=4, batch_size=64, epochs=1, lr=0.002, progress=False)
+    fp32, bf16, seed1 = (
+        RunSpec(out_dir=str(tmp_path / name), **tiny, **change)
+        for name, change in [("fp32", {}), ("bf16", dict(precision="bf16")), ("s1", dict(seed=1))]
+    )
+    assert [train_run(s) for s in (fp32, bf16, seed1)] == ["done"] * 3
+    assert training_gap(bf16.run_dir, fp32.run_dir) < 0.25
+    assert training_gap(seed1.run_dir, fp32.run_dir) > 0.5

@@ -43,7 +43,7 @@ class ModelStack:
         self.skeleton = copy.deepcopy(models[0]).to("meta").train()
         for module in self.skeleton.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.forward = _without_cudnn(module.forward)
+                module.forward = _vmappable(module.forward)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (M, B, ...) and y (M, B): each model's mean cross-entropy on its own batch, (M,)."""
@@ -70,20 +70,23 @@ class ModelStack:
                 yield tensor, self.params.get(name, self.buffers.get(name))[i]
 
 
-def _without_cudnn(forward: Callable[[torch.Tensor], torch.Tensor]):
-    """`forward` with cuDNN off: cuDNN's batch norm asks its input for a channels_last layout,
-    which a vmapped input cannot answer (torch 2.11 on CUDA); the native kernel it falls back to
-    has a batching rule. Convolutions keep cuDNN."""
+def _vmappable(forward: Callable[[torch.Tensor], torch.Tensor]):
+    """Batch norm's `forward` as vmap can run it on CUDA (torch 2.11). cuDNN is off: its batch
+    norm asks the input for a channels_last layout, which a vmapped input cannot answer; the
+    native kernel it falls back to has a batching rule. That rule's backward cannot mix a bf16
+    input with fp32 statistics (pytorch issue 184890), so under bf16 autocast the input is
+    normalised in fp32 and the output returned in bf16, as cuDNN's would be. Convolutions keep
+    cuDNN."""
 
-    def without_cudnn(x: torch.Tensor) -> torch.Tensor:
+    def vmappable(x: torch.Tensor) -> torch.Tensor:
         enabled = torch.backends.cudnn.enabled
         torch.backends.cudnn.enabled = False
         try:
-            return forward(x)
+            return forward(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
         finally:
             torch.backends.cudnn.enabled = enabled
 
-    return without_cudnn
+    return vmappable
 
 
 def _paired_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
