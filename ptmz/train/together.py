@@ -56,18 +56,28 @@ class ModelStack:
     @torch.no_grad()
     def load(self, models: Sequence[nn.Module]) -> None:
         """Copy each model's parameters and buffers into its slice of the stack."""
-        for own, stacked in self._pairs(models):
-            stacked.copy_(own)
+        _copy(*self._pairs(models))
 
     @torch.no_grad()
     def unstack_into(self, models: Sequence[nn.Module]) -> None:
-        for own, stacked in self._pairs(models):
-            own.copy_(stacked)
+        slices, owns = self._pairs(models)
+        _copy(owns, slices)
 
-    def _pairs(self, models: Sequence[nn.Module]):
+    def _pairs(self, models: Sequence[nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The stack's slice of every parameter and buffer of `models`, and the models' own."""
+        slices, owns = [], []
         for i, model in enumerate(models):
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                yield tensor, self.params.get(name, self.buffers.get(name))[i]
+                slices.append(self.params.get(name, self.buffers.get(name))[i])
+                owns.append(tensor)
+        return slices, owns
+
+
+def _copy(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """All the copies as one multi-tensor copy: a few kernel launches per epoch, not one per
+    tensor of every model (about a thousand for three ResNet-18s with momentum)."""
+    if destinations:
+        torch._foreach_copy_(destinations, sources)
 
 
 def _vmappable(forward: Callable[[torch.Tensor], torch.Tensor]):
@@ -105,23 +115,39 @@ SHARED_STATE = ("step",)  # Adam's step count: one scalar, the same for every mo
 
 
 def _stack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
-    """Per-parameter tensors (momentum, Adam's moments) stacked; the shared step count taken
-    from the first model, after checking that every model has the same."""
+    """Per-parameter tensors (momentum, Adam's moments) copied into the stacked ones (stacked
+    anew where there are none yet); the shared step count taken from the first model, after
+    checking that every model has the same. The stacked state holds nothing the models lack."""
+    slices, owns = [], []
     for states, stacked_state in _paired_state(optimizers, stacked):
+        for key in set(stacked_state) - set(states[0]):
+            del stacked_state[key]
         for key, value in states[0].items():
             if key in SHARED_STATE:
                 if any(not torch.equal(s[key], value) for s in states):
                     raise ValueError(f"optimizer state {key!r} differs between the models")
                 stacked_state[key] = value.clone()
+            elif key in stacked_state:
+                slices += stacked_state[key].unbind()
+                owns += [s[key] for s in states]
             else:
                 stacked_state[key] = torch.stack([s[key] for s in states])
+    _copy(slices, owns)
 
 
 def _unstack_state(optimizers: Sequence[torch.optim.Optimizer], stacked: torch.optim.Optimizer):
+    owns, slices = [], []
     for states, stacked_state in _paired_state(optimizers, stacked):
         for i, state in enumerate(states):
             for key, value in stacked_state.items():
-                state[key] = value.clone() if key in SHARED_STATE else value[i].clone()
+                if key in SHARED_STATE:
+                    state[key] = value.clone()
+                elif key in state:
+                    owns.append(state[key])
+                    slices.append(value[i])
+                else:
+                    state[key] = value[i].clone()
+    _copy(owns, slices)
 
 
 class Together:
