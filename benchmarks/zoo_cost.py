@@ -9,13 +9,16 @@ A run costs epochs x (ceil(n_train / b) x t_step + (n_train + n_test) x t_eval),
 epoch-0 evaluation, with the dataset's real sizes. Batch sizes that were not timed get t_step
 by linear interpolation between the timed ones of the same width; widths that were not timed are
 left out and named. Assumes one run (or, with --together N, N seeds of a grid point as one
-vectorised model) at a time on the device, and no time for loading data or writing checkpoints.
+vectorised model, at widths up to --together-up-to) at a time on the device, and no time for
+loading data or writing checkpoints. A timed epoch has at least --steps steps and --images
+images, so that what an epoch costs once (the stack's copies, the permutation) is not charged to
+a few steps as if it were paid by each.
 
     python benchmarks/zoo_cost.py --zoo digits_resnet18
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --widths 2 8 --batch-sizes 8 128
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3
-    python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --step cuda_graph \
-        --precision bf16   # the options the zoo would be trained with (CUDA)
+    python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --together-up-to 32 \
+        --step cuda_graph --precision bf16   # the options the zoo would be trained with (CUDA)
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from ptmz.train.spec import Recipe
 from ptmz.train.together import Together
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+TIMED_EPOCHS = 2  # after one warm-up epoch
 # training and test set sizes, channels, image side, classes
 SHAPES = {
     "digits": (1347, 450, 1, 8, 10),
@@ -64,11 +68,18 @@ def synthetic(n: int, channels: int, side: int, classes: int) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(rng.integers(0, classes, n)))
 
 
+def seeds_per_step(width: int, args) -> int:
+    """How many seeds of a grid point at `width` step as one vectorised model."""
+    wide = args.together_up_to is not None and width > args.together_up_to
+    return 1 if wide else args.together
+
+
 def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
-    """Median seconds per training step and run at (width, batch), with `args.together` seeds
-    stepped as one vectorised model when it is above 1, in `args.precision`, with
-    `args.step` (eager, compile or cuda_graph)."""
-    steps, together = args.steps, args.together
+    """Median seconds per training step and run at (width, batch), with `seeds_per_step`
+    seeds stepped as one vectorised model, in `args.precision`, with `args.step` (eager,
+    compile or cuda_graph)."""
+    steps = max(args.steps, math.ceil(args.images / batch))
+    together = seeds_per_step(width, args)
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
     data = synthetic(batch * steps, channels, side, classes)
@@ -80,7 +91,7 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
         norm = (0.5,) * channels, (0.25,) * channels
         loaders.append(DeviceLoader(data, batch, *norm, device, recipe.augment, generator))
         optimizer, schedule = build_optimizer(
-            model.parameters(), recipe, cfg.lr, 2 + 2 * steps, len(loaders[0])
+            model.parameters(), recipe, cfg.lr, 1 + TIMED_EPOCHS, len(loaders[0])
         )
         optimizers.append(optimizer)
         schedules.append(schedule)
@@ -98,7 +109,7 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
 
     epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice, graphs or compilation
     times = []
-    for _ in range(2):
+    for _ in range(TIMED_EPOCHS):
         synchronize(device)
         began = time.perf_counter()
         epoch()
@@ -137,9 +148,11 @@ def main() -> None:
     parser.add_argument("--zoo", default="cifar10_resnet18")
     parser.add_argument("--widths", type=int, nargs="*", help="default: the zoo's")
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: the zoo's")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per grid point")
+    parser.add_argument("--steps", type=int, default=5, help="at least, per timed epoch")
+    parser.add_argument("--images", type=int, default=1024, help="at least, per timed epoch")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
+    parser.add_argument("--together-up-to", type=int, help="widest width trained together")
     parser.add_argument("--step", choices=STEPS, default="eager")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
@@ -168,6 +181,7 @@ def main() -> None:
     steps, evals = {}, {}
     for width in widths:
         evals[width] = time_eval(cfg, width, device)
+        print(f"timed width {width} evaluation: {1e6 * evals[width]:.1f} us/sample")
         for batch in batches:
             steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
             print(f"timed width {width} batch {batch}: {1000 * steps[width][batch]:.2f} ms/step")
@@ -196,10 +210,18 @@ def main() -> None:
     print(
         f"projected: {total / 3600:.2f} device-hours ({total / 60:.1f} min) for "
         f"{len(per_width) * len(grid['batch_size']) * len(grid['seed'])} runs, "
-        + ("one at a time" if args.together == 1 else f"{args.together} seeds at a time")
+        + together_words(args)
         + f", {args.step} steps in {args.precision}"
         + (f"; widths {missing} not timed, not included" if missing else "")
     )
+
+
+def together_words(args) -> str:
+    if args.together == 1:
+        return "one at a time"
+    if args.together_up_to is None:
+        return f"{args.together} seeds at a time"
+    return f"{args.together} seeds at a time up to width {args.together_up_to}, wider ones alone"
 
 
 if __name__ == "__main__":

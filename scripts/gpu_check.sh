@@ -38,9 +38,9 @@ tput=(benchmarks/throughput.py --device cuda --batch 128 --images 16384)
 step 60 "images/s per width next to the roofline, CUDA-graph steps (throughput.py)" \
     "$PYTHON" "${tput[@]}" --widths 2 8 32 128 --step cuda_graph
 step 30 "the same at width 8, eager steps (throughput.py)" "$PYTHON" "${tput[@]}" --widths 8
-zoo=(benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --batch-sizes 8 32 128 1024 --steps 5)
-step 200 "the 192-model CIFAR-10 ResNet-18 zoo, 3 seeds together, CUDA graphs, bf16 (zoo_cost.py)" \
-    "$PYTHON" "${zoo[@]}" --together 3 --step cuda_graph --precision bf16
+step 200 "the 192-model CIFAR-10 ResNet-18 zoo, CUDA graphs, bf16, 3 seeds together up to width 32 (zoo_cost.py)" \
+    "$PYTHON" benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --batch-sizes 8 128 1024 \
+    --together 3 --together-up-to 32 --step cuda_graph --precision bf16
 step 120 "CUDA tests" \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
     -k "cuda or float64"
