@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import weakref
@@ -137,6 +138,36 @@ def test_bad_export_targets_and_epochs_are_named(config, digits_population, tmp_
     with pytest.raises(ConfigError, match=r"epoch.*7.*\[0, 1, 2, 3\]"):
         export(config, digits_population, tmp_path / "e", "epoch=7")
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.*"))
+
+
+def test_the_next_export_undoes_what_a_killed_one_left(config, digits_population, tmp_path):
+    """An export killed (here: its leftovers made by hand, named as an export names them)
+    between moving the earlier export aside and moving its own into place: the next export to
+    the same directory puts the earlier one back and removes the half-written one, and leaves
+    alone what a running export or another host's owns."""
+    host, out = socket.gethostname(), tmp_path / "export"
+    export(config, digits_population, out)
+    exited = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = int(subprocess.run(exited, capture_output=True, text=True, check=True).stdout)
+    out.rename(tmp_path / f".export.old-{dead}@{host}")
+    (tmp_path / f".export.staging-{dead}@{host}+k1ll3d").mkdir()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    theirs = [f".export.staging-{running.pid}@{host}+run", f".export.old-{dead}@elsewhere"]
+    for name in theirs:
+        (tmp_path / name).mkdir()
+    try:
+        with pytest.raises(ConfigError, match="overwrite=true"):  # the earlier one is back
+            export(config, digits_population, out)
+        assert_export_equals_source(out, Population(digits_population))
+        assert sorted(p.name for p in tmp_path.glob(".export.*")) == sorted(theirs)
+
+        # killed after its export took the earlier one's place: the earlier one goes
+        (tmp_path / f".export.old-{dead}@{host}").mkdir()
+        assert export(config, digits_population, out, "overwrite=true", "epoch=1")["models"] == 3
+        assert sorted(p.name for p in tmp_path.glob(".export.*")) == sorted(theirs)
+    finally:
+        running.kill()
+        running.wait()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ described in `ptmz.data.zoo_dataset`, which reads it back)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +82,18 @@ def export_population(
     `epochs`: each run's last checkpoint (None), every checkpoint ("all"), or the given
     epochs. Checkpoints with a non-finite weight, asked-for epochs a run has no checkpoint of,
     and runs without checkpoints are left out and listed in the card. The export is assembled
-    beside `out` and moved into place whole, so a killed export never leaves half a dataset;
-    `overwrite` replaces an earlier export (and nothing else)."""
+    beside `out` and moved into place whole, so a killed export never leaves half a dataset
+    (and the next export to `out` clears what it left, `_recover_abandoned`); `overwrite`
+    replaces an earlier export (and nothing else)."""
     out = Path(out).expanduser().resolve()
+    _recover_abandoned(out)
     _check_target(out, overwrite)
     if not isinstance(shard_mb, int | float) or shard_mb <= 0:
         raise ConfigError("task.shard_mb", shard_mb, "a positive number of megabytes")
     table = results_table(population, thresholds)
     records = {(r["run"], r["epoch"]): r for r in table.to_dict("records")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_beside(out, "staging") + "+", dir=out.parent))
     staging.chmod(0o777 & ~UMASK)  # mkdtemp's is private: the export is not
     try:
         shards = ShardWriter(staging / WEIGHTS, int(shard_mb * 2**20))
@@ -219,7 +223,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staging, out)
         return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = out.with_name(_beside(out, "old"))
     os.replace(out, old)
     try:
         os.replace(staging, out)
@@ -227,3 +231,34 @@ def _move_into_place(staging: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old)
+
+
+def _beside(out: Path, kind: str) -> str:
+    """The name of an export's `kind` directory beside `out`, saying which process made it."""
+    return f".{out.name}.{kind}-{os.getpid()}@{socket.gethostname()}"
+
+
+def _recover_abandoned(out: Path) -> None:
+    """Undo what an export killed on this host left beside `out`: its staging directory is
+    removed, and an earlier export it had moved aside is put back if the new one never took its
+    place (removed if it did). Directories of exports still running, and of other hosts (whose
+    processes cannot be seen from here), are left alone."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(staging|old)-(\d+)@([^+]+)(\+.*)?")
+    for path in sorted(out.parent.glob(f".{out.name}.*")):
+        found = pattern.fullmatch(path.name)
+        if not found or found[3] != socket.gethostname() or _alive(int(found[2])):
+            continue
+        if found[1] == "old" and not out.exists():
+            os.replace(path, out)
+        else:
+            shutil.rmtree(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
