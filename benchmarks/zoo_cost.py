@@ -4,7 +4,8 @@ a sample of grid points, then project every run of the zoo's grid.
 Per grid point (width w, batch size b), on synthetic data of the zoo dataset's shape:
 - t_step(w, b): median seconds of one training step (`train_epoch` over a DeviceLoader with the
   recipe's augmentation, the recipe's optimizer and schedule), after warm-up;
-- t_eval(w): seconds per sample of evaluation (`evaluate`, batches of 1024).
+- t_eval(w): seconds per sample of evaluation (`evaluate`, batches of 1024), timed in fp32 and
+  bf16 and projected in --eval-precision.
 A run costs epochs x (ceil(n_train / b) x t_step + (n_train + n_test) x t_eval), plus the
 epoch-0 evaluation, with the dataset's real sizes. Batch sizes that were not timed get t_step
 by linear interpolation between the timed ones of the same width; widths that were not timed are
@@ -18,7 +19,7 @@ a few steps as if it were paid by each.
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --widths 2 8 --batch-sizes 8 128
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --together-up-to 32 \
-        --step cuda_graph --precision bf16   # the options the zoo would be trained with (CUDA)
+        --step cuda_graph --precision bf16 --eval-precision bf16   # the fastest options (CUDA)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from train import STEPS, step_options, synchronize
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
+from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
     model_gradients,
@@ -45,7 +47,7 @@ from ptmz.train.loop import (
     resolve_device,
     train_epoch,
 )
-from ptmz.train.spec import Recipe
+from ptmz.train.spec import PRECISIONS, Recipe
 from ptmz.train.together import Together
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -118,18 +120,19 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
     return statistics.median(times)
 
 
-def time_eval(cfg, width: int, device: torch.device, samples: int = 2048) -> float:
-    """Seconds per sample of evaluation at `width`."""
+def time_eval(cfg, width: int, device: torch.device, precision: str, samples: int = 2048) -> float:
+    """Seconds per sample of evaluation at `width` in `precision`."""
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     model = build_model(cfg.model.name, width, channels, classes, side)
     model = prepare_model(model, device)
     data = synthetic(samples, channels, side, classes)
     loader = DeviceLoader(data, 1024, (0.5,) * channels, (0.25,) * channels, device)
-    evaluate(model, loader)
-    synchronize(device)
-    began = time.perf_counter()
-    evaluate(model, loader)
-    synchronize(device)
+    with autocast(device, precision):
+        evaluate(model, loader)
+        synchronize(device)
+        began = time.perf_counter()
+        evaluate(model, loader)
+        synchronize(device)
     return (time.perf_counter() - began) / samples
 
 
@@ -154,7 +157,8 @@ def main() -> None:
     parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
     parser.add_argument("--together-up-to", type=int, help="widest width trained together")
     parser.add_argument("--step", choices=STEPS, default="eager")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--eval-precision", choices=PRECISIONS, default="fp32")
     args = parser.parse_args()
     if args.together > 1 and args.step == "compile":
         raise SystemExit("--step compile: not with --together (vmap is not compiled)")
@@ -180,8 +184,12 @@ def main() -> None:
     )
     steps, evals = {}, {}
     for width in widths:
-        evals[width] = time_eval(cfg, width, device)
-        print(f"timed width {width} evaluation: {1e6 * evals[width]:.1f} us/sample")
+        timed = {p: time_eval(cfg, width, device, p) for p in PRECISIONS}
+        evals[width] = timed[args.eval_precision]
+        print(
+            f"timed width {width} evaluation: "
+            + ", ".join(f"{1e6 * t:.1f} us/sample in {p}" for p, t in timed.items())
+        )
         for batch in batches:
             steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
             print(f"timed width {width} batch {batch}: {1000 * steps[width][batch]:.2f} ms/step")
@@ -211,7 +219,7 @@ def main() -> None:
         f"projected: {total / 3600:.2f} device-hours ({total / 60:.1f} min) for "
         f"{len(per_width) * len(grid['batch_size']) * len(grid['seed'])} runs, "
         + together_words(args)
-        + f", {args.step} steps in {args.precision}"
+        + f", {args.step} steps in {args.precision}, evaluation in {args.eval_precision}"
         + (f"; widths {missing} not timed, not included" if missing else "")
     )
 

@@ -41,7 +41,7 @@ step 30 "the same at width 8, eager steps (throughput.py)" "$PYTHON" "${tput[@]}
 step 200 "the 192-model CIFAR-10 ResNet-18 zoo: CUDA graphs, bf16, seeds together to width 32" \
     "$PYTHON" benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda \
     --batch-sizes 8 32 128 1024 --images 512 --together 3 --together-up-to 32 \
-    --step cuda_graph --precision bf16
+    --step cuda_graph --precision bf16 --eval-precision bf16
 step 150 "CUDA tests" \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
     -k "cuda or float64"

@@ -90,6 +90,7 @@ def test_unknown_group_choice_lists_the_options(config, group, value):
         ("data_fraction=1.5", r"data_fraction=1.5 is not allowed: a number in \(0, 1\]"),
         ("lr=-0.1", r"lr=-0.1 is not allowed: a positive number"),
         ("device=tpu", r"device='tpu' is not allowed: choose one of auto, cpu, cuda"),
+        ("eval_precision=fp16", r"eval_precision='fp16' is not allowed: choose one of bf16, fp32"),
         ("recipe.optimizer=lbfgs", r"recipe.optimizer='lbfgs'.*adam, adamw, sgd"),
         ("+recipe.nesterov=true", r"recipe.nesterov=True.*not a known key"),
         (

@@ -13,6 +13,7 @@ import torch
 import ptmz.objectives
 import ptmz.train.run
 from ptmz.train import RunSpec, train_run
+from ptmz.train.spec import PRECISIONS
 from ptmz.zoo import RunDir
 
 from conftest import launch, popen_launch, training_gap
@@ -90,6 +91,8 @@ def test_run_id_is_content_keyed():
         {"epochs": 4},
         {"model": "resnet34"},
         {"data_fraction": 0.5},
+        {"precision": "bf16"},
+        {"eval_precision": "bf16"},
     ):
         assert RunSpec(**{**TINY, **change}).run_id != base.run_id
 
@@ -208,3 +211,22 @@ def test_bf16_run_moves_the_weights_like_the_fp32_one(tmp_path):
     assert [train_run(s) for s in (fp32, bf16, seed1)] == ["done"] * 3
     assert training_gap(bf16.run_dir, fp32.run_dir) < 0.25
     assert training_gap(seed1.run_dir, fp32.run_dir) > 0.5
+
+
+def test_bf16_evaluation_rounds_the_metrics_and_changes_nothing_else(tmp_path):
+    """eval_precision=bf16 trains exactly as fp32 does (the same weights, bit for bit) and
+    records the same metrics up to bf16's rounding of the logits: a few near-ties flip."""
+    fp32, bf16 = (
+        RunSpec(out_dir=str(tmp_path / name), **TINY, eval_precision=name) for name in PRECISIONS
+    )
+    assert train_run(fp32) == train_run(bf16) == "done"
+    a, b = RunDir(fp32.run_dir), RunDir(bf16.run_dir)
+    wa, wb = a.load_weights(fp32.epochs), b.load_weights(bf16.epochs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    records = list(zip(a.records, b.records, strict=True))
+    for ra, rb in records:
+        assert rb.get("batch_loss") == ra.get("batch_loss")  # training is not evaluated
+        for split, n in (("train", 1347), ("test", 450)):
+            assert rb[f"{split}_loss"] == pytest.approx(ra[f"{split}_loss"], rel=1e-2)
+            assert rb[f"{split}_acc"] == pytest.approx(ra[f"{split}_acc"], abs=5 / n)
+    assert any(ra["test_loss"] != rb["test_loss"] for ra, rb in records)

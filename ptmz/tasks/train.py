@@ -25,6 +25,7 @@ RUN_KEYS = (
     "checkpoints",
     "progress",
     "precision",
+    "eval_precision",
     "compile",
     "cuda_graph",
     "temperature",

@@ -21,6 +21,7 @@ from ptmz.errors import ConfigError
 from ptmz.io import finite_or_none
 from ptmz.models import build_model
 from ptmz.objectives import Classification, objective_for
+from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
     data_generator,
@@ -116,7 +117,8 @@ class Trainee:
     def measure(self, epoch: int, **extra: Any) -> dict[str, Any]:
         values = {}
         for split, loader in (("train", self.eval_train), ("test", self.eval_test)):
-            scores = self.objective.evaluate(self.model, loader)
+            with autocast(loader.labels.device, self.spec.eval_precision):
+                scores = self.objective.evaluate(self.model, loader)
             values.update({f"{split}_{k}": v for k, v in scores.items() if v is not None})
         values.update(extra)
         return {"epoch": epoch, **{k: finite_or_none(v) for k, v in values.items()}}

@@ -49,7 +49,8 @@ class RunSpec:
     seed: int = 0
     subset_seed: int = 0  # picks the data_fraction subset; shared by the seeds of a grid point
     recipe: Recipe = field(default_factory=Recipe)
-    precision: str = "fp32"  # bf16: the training step under bf16 autocast (evaluation stays fp32)
+    precision: str = "fp32"  # bf16: the training step under bf16 autocast
+    eval_precision: str = "fp32"  # bf16: the epochs' evaluations under bf16 autocast
     beta: float | None = None  # the convection coefficient (dataset=convection only)
 
     out_dir: str = "zoos"
@@ -72,6 +73,7 @@ class RunSpec:
         choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
         choose("device", self.device, dict.fromkeys(DEVICES))
         choose("precision", self.precision, dict.fromkeys(PRECISIONS))
+        choose("eval_precision", self.eval_precision, dict.fromkeys(PRECISIONS))
         choose("temperature", self.temperature, dict.fromkeys(TEMPERATURES))
         choose("load", self.load, dict.fromkeys(LOADS))
         if getattr(self, self.load) is None:
@@ -171,7 +173,7 @@ class RunSpec:
 
 # Keys added after zoos existed, with the value that means "as before": left out of every hash,
 # so older runs keep their ids and grid points.
-LATER_DEFAULTS = {"precision": "fp32", "beta": None}
+LATER_DEFAULTS = {"precision": "fp32", "eval_precision": "fp32", "beta": None}
 
 
 def without_later_defaults(values: dict[str, Any]) -> dict[str, Any]:
