@@ -100,6 +100,9 @@ def test_beta_belongs_to_the_convection_zoo_only():
         RunSpec(beta=2.0)
     with pytest.raises(ConfigError, match=r"beta='x' .*a number >= 0"):
         RunSpec(dataset="convection", model="mlp", beta="x")
+    for key in ("precision", "eval_precision"):
+        with pytest.raises(ConfigError, match=rf"{key}='bf16' .*fp32 for dataset=convection"):
+            RunSpec(dataset="convection", model="mlp", beta=1.0, **{key: "bf16"})
     assert RunSpec(dataset="convection", model="mlp", beta=5).digest == (
         RunSpec(dataset="convection", model="mlp", beta=5.0).digest
     )

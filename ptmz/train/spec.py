@@ -93,6 +93,10 @@ class RunSpec:
         if (self.dataset == "convection") != (self.beta is not None):
             allowed = "a number >= 0" if self.dataset == "convection" else "null (convection only)"
             raise ConfigError("beta", self.beta, f"{allowed} for dataset={self.dataset}")
+        for key in ("precision", "eval_precision"):
+            if self.dataset == "convection" and getattr(self, key) != "fp32":
+                why = "its derivatives and relative errors are finer than bf16 resolves"
+                raise ConfigError(key, getattr(self, key), f"fp32 for dataset=convection ({why})")
         number = isinstance(self.beta, int | float) and not isinstance(self.beta, bool)
         if self.beta is not None and not (number and self.beta >= 0):
             raise ConfigError("beta", self.beta, "a number >= 0")
