@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: install, time training on CUDA next to the roofline, project the published
 # zoo's cost, run the tests that need CUDA, then the side-by-side benchmarks. One call on a GPU
-# machine, about 8 minutes (each step under its own limit; 9.5 at most):
+# machine, about 7.5 minutes (each step under its own limit; 9 at most):
 #
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 #
@@ -34,22 +34,22 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # ptmz itself, without touch
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-tput=(benchmarks/throughput.py --device cuda --batch 128 --images 16384)
-step 60 "images/s per width next to the roofline, CUDA-graph steps (throughput.py)" \
+tput=(benchmarks/throughput.py --device cuda --batch 128 --images 8192)
+step 45 "images/s per width next to the roofline, CUDA-graph steps (throughput.py)" \
     "$PYTHON" "${tput[@]}" --widths 2 8 32 128 --step cuda_graph
 step 30 "the same at width 8, eager steps (throughput.py)" "$PYTHON" "${tput[@]}" --widths 8
 step 200 "the 192-model CIFAR-10 ResNet-18 zoo: CUDA graphs, bf16, seeds together to width 32" \
     "$PYTHON" benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda \
     --batch-sizes 8 32 128 1024 --images 512 --together 3 --together-up-to 32 \
     --step cuda_graph --precision bf16 --eval-precision bf16
-step 150 "CUDA tests" \
+step 180 "CUDA tests" \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
     -k "cuda or float64"
 step 45 "3 seeds together vs one after another, CUDA graphs on both sides (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
     --images 1024 --repeats 2 --step cuda_graph
-step 60 "training epoch vs the published-style loop (benchmarks/train.py)" \
-    "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 32 --images 8192 --repeats 3 \
+step 45 "training epoch vs the published-style loop (benchmarks/train.py)" \
+    "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 --images 8192 --repeats 3 \
     --workers 8 --steps eager cuda_graph
 
 echo

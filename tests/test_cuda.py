@@ -50,7 +50,13 @@ def test_cuda_run_is_channels_last_and_saves_plain_weights(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [dict(compile=True), dict(cuda_graph=True), dict(precision="bf16")]
+    "change",
+    [
+        dict(compile=True),
+        dict(cuda_graph=True),
+        dict(precision="bf16"),
+        dict(cuda_graph=True, precision="bf16"),
+    ],
 )
 def test_compiled_graphed_and_bf16_runs_train_like_the_plain_one(tmp_path, change):
     plain = RunSpec(out_dir=str(tmp_path / "plain"), **TINY)
