@@ -184,15 +184,16 @@ def main() -> None:
     )
     steps, evals = {}, {}
     for width in widths:
-        timed = {p: time_eval(cfg, width, device, p) for p in PRECISIONS}
-        evals[width] = timed[args.eval_precision]
+        eval_times = {p: time_eval(cfg, width, device, p) for p in PRECISIONS}
+        evals[width] = eval_times[args.eval_precision]
         print(
             f"timed width {width} evaluation: "
-            + ", ".join(f"{1e6 * t:.1f} us/sample in {p}" for p, t in timed.items())
+            + ", ".join(f"{1e6 * t:.1f} us/sample in {p}" for p, t in eval_times.items())
         )
         for batch in batches:
             steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
-            print(f"timed width {width} batch {batch}: {1000 * steps[width][batch]:.2f} ms/step")
+            ms = 1000 * steps[width][batch]
+            print(f"timed width {width} batch {batch}: {ms:.2f} ms per step of one run")
     print(f"{'width':>6} {'batch':>6} {'ms/step':>9} {'steps/epoch':>12} {'min/run':>9}")
 
     total, per_width = 0.0, {}

@@ -150,6 +150,7 @@ def test_the_next_export_undoes_what_a_killed_one_left(config, digits_population
     exited = [sys.executable, "-c", "import os; print(os.getpid())"]
     dead = int(subprocess.run(exited, capture_output=True, text=True, check=True).stdout)
     out.rename(tmp_path / f".export.old-{dead}@{host}")
+    out.mkdir()  # an empty directory in its place (a `mkdir -p` since) is no export
     (tmp_path / f".export.staging-{dead}@{host}+k1ll3d").mkdir()
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     theirs = [f".export.staging-{running.pid}@{host}+run", f".export.old-{dead}@elsewhere"]
@@ -165,6 +166,15 @@ def test_the_next_export_undoes_what_a_killed_one_left(config, digits_population
         (tmp_path / f".export.old-{dead}@{host}").mkdir()
         assert export(config, digits_population, out, "overwrite=true", "epoch=1")["models"] == 3
         assert sorted(p.name for p in tmp_path.glob(".export.*")) == sorted(theirs)
+
+        # a directory of the user's where the export was: it and the earlier export both stay
+        out.rename(tmp_path / f".export.old-{dead}@{host}")
+        out.mkdir()
+        (out / "mine.txt").write_text("mine")
+        with pytest.raises(ConfigError, match="holds other files"):
+            export(config, digits_population, out, "overwrite=true")
+        assert (out / "mine.txt").read_text() == "mine"
+        assert (tmp_path / f".export.old-{dead}@{host}" / "index.parquet").is_file()
     finally:
         running.kill()
         running.wait()

@@ -131,8 +131,8 @@ class RunSpec:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What determines the trained weights: the content the run id hashes (keys added later
-        are left out at their old meaning: `without_later_defaults`)."""
+        """What determines the trained weights and their records: the content the run id hashes
+        (keys added later are left out at their old meaning: `without_later_defaults`)."""
         names = [f.name for f in fields(self)]
         identity = {
             k: v

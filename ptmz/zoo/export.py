@@ -4,6 +4,7 @@ described in `ptmz.data.zoo_dataset`, which reads it back)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from ptmz.io import UMASK, atomic_write, write_json, write_text
 from ptmz.models import build_model
 from ptmz.zoo.card import dataset_card
 from ptmz.zoo.population import Population, Run
+
+log = logging.getLogger(__name__)
 
 Epochs = int | list[int] | str | None  # an epoch, a list, "all", or None (each run's last)
 
@@ -86,10 +89,10 @@ def export_population(
     (and the next export to `out` clears what it left, `_recover_abandoned`); `overwrite`
     replaces an earlier export (and nothing else)."""
     out = Path(out).expanduser().resolve()
-    _recover_abandoned(out)
-    _check_target(out, overwrite)
     if not isinstance(shard_mb, int | float) or shard_mb <= 0:
         raise ConfigError("task.shard_mb", shard_mb, "a positive number of megabytes")
+    _recover_abandoned(out)
+    _check_target(out, overwrite)
     table = results_table(population, thresholds)
     records = {(r["run"], r["epoch"]): r for r in table.to_dict("records")}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,18 +243,37 @@ def _beside(out: Path, kind: str) -> str:
 
 def _recover_abandoned(out: Path) -> None:
     """Undo what an export killed on this host left beside `out`: its staging directory is
-    removed, and an earlier export it had moved aside is put back if the new one never took its
-    place (removed if it did). Directories of exports still running, and of other hosts (whose
-    processes cannot be seen from here), are left alone."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(staging|old)-(\d+)@([^+]+)(\+.*)?")
-    for path in sorted(out.parent.glob(f".{out.name}.*")):
+    removed, and an earlier export it had moved aside is put back where nothing (or an empty
+    directory) took its place, removed where its new export did, and otherwise kept and named.
+
+    Leftovers of exports still running, and of other hosts (whose processes cannot be seen from
+    here), are left alone. A process is told by its id on this host: a container with this
+    host's name but its own process ids looks dead, and its export would then fail (its
+    directories gone or in use), which loses no export. Recovery is best effort: a leftover
+    that cannot be moved (another user's, another export recovering it) stays, with a warning."""
+    name = re.escape(out.name)
+    pattern = re.compile(rf"\.{name}\.(?:staging-(\d+)@([^+]+)\+\w+|old-(\d+)@([^+]+))")
+    leftovers = sorted(out.parent.iterdir()) if out.parent.is_dir() else []
+    for path in leftovers:
         found = pattern.fullmatch(path.name)
-        if not found or found[3] != socket.gethostname() or _alive(int(found[2])):
+        if not found:
             continue
-        if found[1] == "old" and not out.exists():
-            os.replace(path, out)
-        else:
-            shutil.rmtree(path)
+        pid, host = (found[1], found[2]) if found[1] else (found[3], found[4])
+        if host != socket.gethostname() or _alive(int(pid)):
+            continue
+        try:
+            if found[1]:
+                shutil.rmtree(path)
+            elif not out.exists() or (out.is_dir() and not any(out.iterdir())):
+                os.replace(path, out)
+            elif out.is_dir() and _is_export(out):
+                shutil.rmtree(path)
+            else:
+                log.warning(
+                    "%s: an earlier export of %s, kept (%s is not an export)", path, out, out
+                )
+        except OSError as error:
+            log.warning("%s: left from a killed export, could not be recovered: %s", path, error)
 
 
 def _alive(pid: int) -> bool:
