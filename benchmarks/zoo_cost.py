@@ -13,7 +13,8 @@ left out and named. Assumes one run (or, with --together N, N seeds of a grid po
 vectorised model, at widths up to --together-up-to) at a time on the device, and no time for
 loading data or writing checkpoints. A timed epoch has at least --steps steps and --images
 images, so that what an epoch costs once (the stack's copies, the permutation) is not charged to
-a few steps as if it were paid by each.
+a few steps as if it were paid by each. A grid point whose timing fails is reported and left
+out, and the failures are named at the end (exit status 1): one point costs no others.
 
     python benchmarks/zoo_cost.py --zoo digits_resnet18
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --widths 2 8 --batch-sizes 8 128
@@ -182,7 +183,7 @@ def main() -> None:
         f"{cfg.epochs} epochs, grid width {grid['width']} x batch {grid['batch_size']} x "
         f"{len(grid['seed'])} seeds; device {name}, torch {torch.__version__}"
     )
-    steps, evals = {}, {}
+    steps, evals, failed = {}, {}, []
     for width in widths:
         eval_times = {p: time_eval(cfg, width, device, p) for p in PRECISIONS}
         evals[width] = eval_times[args.eval_precision]
@@ -191,9 +192,14 @@ def main() -> None:
             + ", ".join(f"{1e6 * t:.1f} us/sample in {p}" for p, t in eval_times.items())
         )
         for batch in batches:
-            steps.setdefault(width, {})[batch] = time_point(cfg, width, batch, device, args)
-            ms = 1000 * steps[width][batch]
-            print(f"timed width {width} batch {batch}: {ms:.2f} ms per step of one run")
+            try:
+                seconds = time_point(cfg, width, batch, device, args)
+            except Exception as error:  # one point's failure must not cost the other points
+                failed.append(f"width {width} batch {batch}")
+                print(f"FAILED width {width} batch {batch}: {type(error).__name__}: {error}")
+                continue
+            steps.setdefault(width, {})[batch] = seconds
+            print(f"timed width {width} batch {batch}: {1000 * seconds:.2f} ms per step of one run")
     print(f"{'width':>6} {'batch':>6} {'ms/step':>9} {'steps/epoch':>12} {'min/run':>9}")
 
     total, per_width = 0.0, {}
@@ -223,6 +229,8 @@ def main() -> None:
         + f", {args.step} steps in {args.precision}, evaluation in {args.eval_precision}"
         + (f"; widths {missing} not timed, not included" if missing else "")
     )
+    if failed:
+        raise SystemExit(f"failed, left out of the projection: {', '.join(failed)}")
 
 
 def together_words(args) -> str:
