@@ -7,10 +7,13 @@ graphs. Same ResNet-18-w, published recipe (SGD 0.9 / 5e-4, OneCycleLR, crop+fli
 batch size and data; synthetic CIFAR-sized images.
 
 Each side trains one warm-up epoch, then `--repeats` timed epochs, the sides alternating.
-Medians are printed, with the ratio sequential / together.
+Medians are printed, with the ratio sequential / together. With `--min-steps N` an epoch has at
+least N steps (more images at large batch sizes), so that what an epoch costs once (moving the
+models in and out of the stack) is not charged to a handful of steps: it matters on a GPU, where
+a step takes a millisecond or two (`scripts/gpu_check.sh` uses 32), not on a CPU.
 
     python benchmarks/seeds.py [--widths 2 4 8 16] [--batches 8 32 128] [--images 512]
-        [--repeats 3] [--seeds 3] [--device auto] [--step eager|cuda_graph]
+        [--repeats 3] [--seeds 3] [--min-steps 1] [--device auto] [--step eager|cuda_graph]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import statistics
 import time
 
+import torch
 from train import Ptmz, describe_machine, load_data, synchronize
 
 from ptmz.train.loop import resolve_device
@@ -32,26 +36,31 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="training images per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per side")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--min-steps", type=int, default=1, help="steps per epoch, at least")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--step", choices=["eager", "cuda_graph"], default="eager")
     args = parser.parse_args()
     args.data, args.lr = "synthetic", 0.1
 
     device = resolve_device(args.device)
-    split, what = load_data(args)
+    least = args.images
+    args.images = max(least, max(args.batches) * args.min_steps)
+    data, what = load_data(args)
     epochs = 1 + args.repeats
     print(describe_machine(device))
     print(
-        f"data: {what}; {args.seeds} seeds, {args.step} steps; 1 warm-up epoch, "
-        f"median of {args.repeats} epochs"
+        f"data: {what} (an epoch: the first `images` of them); {args.seeds} seeds, "
+        f"{args.step} steps; 1 warm-up epoch, median of {args.repeats} epochs"
     )
     print(
-        f"{'width':>5}  {'batch':>5}  {'sequential s/epoch':>18}  {'together s/epoch':>16}  "
-        f"{'speed-up':>8}"
+        f"{'width':>5}  {'batch':>5}  {'images':>6}  {'sequential s/epoch':>18}  "
+        f"{'together s/epoch':>16}  {'speed-up':>8}"
     )
     for width in args.widths:
         for batch in args.batches:
             args.batch = batch
+            images = max(least, batch * args.min_steps)
+            split = data.subset(torch.arange(images))
             alone, stacked = (
                 [Ptmz(split, width, args, device, epochs, args.step, s) for s in range(args.seeds)]
                 for _ in range(2)
@@ -77,7 +86,10 @@ def main() -> None:
                     if repeat:  # the first is the warm-up
                         times[name].append(time.perf_counter() - began)
             seq, tog = (statistics.median(times[name]) for name in sides)
-            print(f"{width:>5}  {batch:>5}  {seq:>18.3f}  {tog:>16.3f}  {seq / tog:>7.2f}x")
+            print(
+                f"{width:>5}  {batch:>5}  {images:>6}  {seq:>18.3f}  {tog:>16.3f}  "
+                f"{seq / tog:>7.2f}x"
+            )
 
 
 if __name__ == "__main__":

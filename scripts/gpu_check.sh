@@ -47,7 +47,7 @@ step 180 "CUDA tests" \
     -k "cuda or float64"
 step 45 "3 seeds together vs one after another, CUDA graphs on both sides (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
-    --images 1024 --repeats 2 --step cuda_graph
+    --images 1024 --min-steps 32 --repeats 2 --step cuda_graph
 step 45 "training epoch vs the published-style loop (benchmarks/train.py)" \
     "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 --images 8192 --repeats 3 \
     --workers 8 --steps eager cuda_graph
