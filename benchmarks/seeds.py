@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from train import Ptmz, describe_machine, load_data, synchronize
+from train import Ptmz, describe_machine, epoch_images, load_data, synchronize
 
 from ptmz.train.loop import resolve_device
 from ptmz.train.together import Together
@@ -44,7 +44,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     least = args.images
-    args.images = max(least, max(args.batches) * args.min_steps)
+    args.images = max(epoch_images(batch, least, args.min_steps) for batch in args.batches)
     data, what = load_data(args)
     epochs = 1 + args.repeats
     print(describe_machine(device))
@@ -59,7 +59,7 @@ def main() -> None:
     for width in args.widths:
         for batch in args.batches:
             args.batch = batch
-            images = max(least, batch * args.min_steps)
+            images = epoch_images(batch, least, args.min_steps)
             split = data.subset(torch.arange(images))
             alone, stacked = (
                 [Ptmz(split, width, args, device, epochs, args.step, s) for s in range(args.seeds)]

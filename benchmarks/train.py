@@ -20,6 +20,7 @@ load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -61,6 +62,12 @@ class PILDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.images[i]), self.labels[i]
+
+
+def epoch_images(batch: int, images: int, min_steps: int) -> int:
+    """Images in a timed epoch: at least `images` and at least `min_steps` whole batches, so that
+    what an epoch costs once is not charged to a handful of steps."""
+    return batch * max(min_steps, math.ceil(images / batch))
 
 
 def synchronize(device: torch.device) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from train import STEPS, step_options, synchronize
+from train import STEPS, epoch_images, step_options, synchronize
 
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
@@ -81,11 +81,10 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
     """Median seconds per training step and run at (width, batch), with `seeds_per_step`
     seeds stepped as one vectorised model, in `args.precision`, with `args.step` (eager,
     compile or cuda_graph)."""
-    steps = max(args.steps, math.ceil(args.images / batch))
     together = seeds_per_step(width, args)
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
-    data = synthetic(batch * steps, channels, side, classes)
+    data = synthetic(epoch_images(batch, args.images, args.steps), channels, side, classes)
     models, loaders, optimizers, schedules = [], [], [], []
     for seed in range(together):
         model = build_model(cfg.model.name, width, channels, classes, side)
