@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import signal
@@ -12,7 +13,11 @@ import torch
 
 import ptmz.objectives
 import ptmz.train.run
+from ptmz.data import DeviceLoader, Split
+from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.objectives import cross_entropy
 from ptmz.train import RunSpec, train_run
+from ptmz.train.loop import model_gradients, prepare_model
 from ptmz.train.spec import PRECISIONS
 from ptmz.zoo import RunDir
 
@@ -230,3 +235,21 @@ def test_bf16_evaluation_rounds_the_metrics_and_changes_nothing_else(tmp_path):
             assert rb[f"{split}_loss"] == pytest.approx(ra[f"{split}_loss"], rel=1e-2)
             assert rb[f"{split}_acc"] == pytest.approx(ra[f"{split}_acc"], abs=5 / n)
     assert any(ra["test_loss"] != rb["test_loss"] for ra, rb in records)
+
+
+def test_cpu_gradients_equal_float64_ones_from_a_channels_last_split():
+    """ResNet-18-w2 has 1x1 stride-2 convolutions of 2 and 4 channels, whose weight gradient
+    torch 2.14's oneDNN gets wrong from channels_last input; a float64 copy of the model (no
+    oneDNN) is the oracle."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 32, 32, 3), generator=generator, dtype=torch.uint8)
+    split = Split(images.permute(0, 3, 1, 2), torch.randint(0, 10, (16,), generator=generator))
+    assert split.images.is_contiguous(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    x, y = next(iter(DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu)))
+    model = prepare_model(ptmz.train.run.build_model("resnet18", 2, 3, 10), cpu)
+    oracle = copy.deepcopy(model).double()
+    model_gradients(model)(x, y)
+    cross_entropy(oracle, x.double(), y).backward()
+    for (name, p), q in zip(model.named_parameters(), oracle.parameters(), strict=True):
+        assert torch.allclose(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6), name

@@ -33,7 +33,11 @@ class DeviceLoader:
         augment: Augment | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.images = split.images.to(device)
+        # Contiguous (N, C, H, W), whatever the split's layout: batches keep their source's
+        # layout, and from channels_last input torch 2.14's oneDNN computes wrong weight
+        # gradients for 1x1 stride-2 convolutions of under 8 channels (ResNet-18 at widths 2
+        # and 4) and corrupts the heap doing it (oneDNN issue 6035).
+        self.images = split.images.to(device).contiguous()
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.augment = augment if augment is not None and augment.active else None
