@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: install, time training on CUDA next to the roofline, project the published
 # zoo's cost, run the tests that need CUDA, then the side-by-side benchmarks. One call on a GPU
-# machine, about 7.5 minutes (each step under its own limit: 9.5 at most, with the install):
+# machine, about 8 minutes (each step under its own limit: 10 at most, with the install):
 #
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 #
@@ -45,7 +45,7 @@ step 200 "the 192-model CIFAR-10 ResNet-18 zoo: CUDA graphs, bf16, seeds togethe
 step 180 "CUDA tests" \
     "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
     -k "cuda or float64"
-step 45 "3 seeds together vs one after another, CUDA graphs on both sides (seeds.py)" \
+step 70 "3 seeds together (folded, vmapped) vs one after another, CUDA graphs (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
     --images 1024 --min-steps 32 --repeats 2 --step cuda_graph
 step 45 "training epoch vs the published-style loop (benchmarks/train.py)" \

@@ -1,4 +1,4 @@
-"""Seeds trained together (vmap over stacked models) against the same seeds trained alone."""
+"""Seeds trained together (folded into one network, or vmapped) against the same seeds alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ptmz.models import build_model
 from ptmz.train import Recipe, RunSpec, train_run, train_together
 from ptmz.train.loop import build_optimizer, data_generator, model_gradients, train_epoch
 from ptmz.train.run import Trainee
-from ptmz.train.together import Together
+from ptmz.train.together import ModelStack, Together
 from ptmz.zoo import RunDir
 
 from conftest import launch
@@ -69,18 +69,21 @@ def float64_trainee(data, seed: int, recipe: Recipe, epochs: int, device: str):
     return model, loader, optimizer, schedule
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "vmapped"])
 @pytest.mark.parametrize(("device", "cuda_graph"), STEPS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_epochs_together_equal_epochs_alone_in_float64(optimizer, device, cuda_graph):
-    """In float64 the summation order no longer shows: two vectorised epochs of three seeds
-    (published recipe, lr 0.1) leave weights, BN statistics, optimizer state and schedule
-    where two `train_epoch`s of each seed alone leave them, eager or replayed from CUDA graphs
-    (one per batch shape: the digits' 1347 samples end in a batch of 67)."""
+def test_epochs_together_equal_epochs_alone_in_float64(optimizer, device, cuda_graph, fold):
+    """In float64 the summation order no longer shows: two epochs of three seeds as one step
+    (published recipe, lr 0.1; folded into one network's channels, or vmapped) leave weights,
+    BN statistics, optimizer state and schedule where two `train_epoch`s of each seed alone
+    leave them, eager or replayed from CUDA graphs (one per batch shape: the digits' 1347
+    samples end in a batch of 67)."""
     data = load_dataset("digits", "data", download=False)
     recipe = Recipe(optimizer=optimizer)
     alone = [float64_trainee(data, seed, recipe, 2, device) for seed in SEEDS]
     together = [float64_trainee(data, seed, recipe, 2, device) for seed in SEEDS]
-    stack = Together(*zip(*together, strict=True), cuda_graph=cuda_graph)
+    stack = Together(*zip(*together, strict=True), cuda_graph=cuda_graph, fold=fold)
+    assert stack.stack.fold == fold
     for _ in range(2):
         losses_alone = [train_epoch(*trainee) for trainee in alone]
         losses_together = stack.train_epoch()
@@ -235,3 +238,11 @@ def test_stacked_batches_are_each_loaders_own_batches():
     )
     with pytest.raises(ValueError, match="same batch size, augmentation and normalisation"):
         Together(models, mixed, optimizers, schedules)
+
+
+def test_only_resnets_fold_and_others_are_vmapped():
+    resnets = [build_model("resnet18", 2, 3, 10) for _ in SEEDS]
+    vits = [build_model("vit", 8, 3, 10) for _ in SEEDS]
+    assert ModelStack(resnets).fold and not ModelStack(vits).fold
+    with pytest.raises(ValueError, match="ViT models cannot be folded"):
+        ModelStack(vits, fold=True)

@@ -202,7 +202,9 @@ def train_together(specs: Sequence[RunSpec]) -> list[str]:
             f"(got {len(specs)} runs, {len(seeds)} seeds, {len(grid_points)} grid points)",
         )
     if any(s.compile for s in specs):
-        raise ConfigError("compile", True, "false with seeds_together: vmap is not compiled")
+        raise ConfigError(
+            "compile", True, "false with seeds_together (cuda_graph=true graphs their step)"
+        )
     if not isinstance(objective_for(specs[0].dataset, specs[0].to_dict()), Classification):
         raise ConfigError(
             "seeds_together",

@@ -2,8 +2,9 @@
 
 The seeds of a grid point differ only in their initialisation, data order and augmentation
 draws, so one step can carry them all: their parameters and buffers are stacked along a new
-leading dimension and the forward pass is `vmap`ped over it (convolutions become grouped
-convolutions, batch norm keeps per-model statistics). Each model's loss depends only on its
+leading dimension, and the forward pass either folds them into one network's channels (the
+ResNets, see `fold`) or is `vmap`ped over them (convolutions become grouped convolutions,
+batch norm keeps per-model statistics). Each model's loss depends only on its
 own slice, so the gradient of the summed losses is every model's own gradient, and an
 elementwise optimizer (SGD, Adam) stepping the stacked tensors updates each slice exactly as
 it would update that model alone. What is saved and resumed is the separate models and their
@@ -25,20 +26,29 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ptmz.data import DeviceLoader, stacked_batches
+from ptmz.train.fold import fold_batch, fold_state, foldable, folded_skeleton, unfold_outputs
 from ptmz.train.gradients import Gradients, GraphedGradients
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
 
 
 class ModelStack:
-    """The parameters and buffers of `models` stacked (leaves of their own), and the vmapped
-    cross-entropy of a stacked batch."""
+    """The parameters and buffers of `models` stacked (leaves of their own), and the
+    cross-entropy of a stacked batch: through the models folded into one network's channels
+    where the architecture allows (`fold`, the ResNets: a step costs one model's kernels),
+    else through vmap. `fold` False asks for vmap."""
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], fold: bool | None = None) -> None:
         params, self.buffers = stack_module_state(list(models))
         # Contiguous whatever the models' layout: torch 2.11's vmap of batch norm cannot query
-        # a channels_last layout.
+        # a channels_last layout, and folding views each tensor in a new shape.
         self.params = {k: p.detach().contiguous().requires_grad_() for k, p in params.items()}
+        self.fold = foldable(models[0]) if fold is None else fold
+        if self.fold and not foldable(models[0]):
+            raise ValueError(f"{type(models[0]).__name__} models cannot be folded into one")
+        if self.fold:
+            self.skeleton = folded_skeleton(models[0], len(models))
+            return
         # The architecture without storage: functional_call supplies every tensor.
         self.skeleton = copy.deepcopy(models[0]).to("meta").train()
         for module in self.skeleton.modules():
@@ -47,6 +57,13 @@ class ModelStack:
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (M, B, ...) and y (M, B): each model's mean cross-entropy on its own batch, (M,)."""
+        if self.fold:
+            tensors = fold_state(self.skeleton, {**self.params, **self.buffers})
+            logits = unfold_outputs(
+                functional_call(self.skeleton, tensors, (fold_batch(x),)), len(y)
+            )
+            per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            return per_sample.view_as(y).mean(1)
 
         def one(params, buffers, x, y):
             return F.cross_entropy(functional_call(self.skeleton, (params, buffers), (x,)), y)
@@ -159,7 +176,7 @@ class Together:
     The optimizers must be one class with one parameter group each (what `build_optimizer`
     makes); their schedules keep driving the hyperparameters, which the stacked optimizer copies
     every step. The loaders must share their batches (`DeviceLoader.shares_batches_with`): a
-    step's batches are gathered and augmented as one."""
+    step's batches are gathered and augmented as one. `fold`: see `ModelStack`."""
 
     def __init__(
         self,
@@ -169,6 +186,7 @@ class Together:
         schedules: Sequence[Schedule],
         precision: str = "fp32",
         cuda_graph: bool = False,
+        fold: bool | None = None,
     ) -> None:
         if not all(loaders[0].shares_batches_with(loader) for loader in loaders[1:]):
             raise ValueError(
@@ -179,7 +197,7 @@ class Together:
         self.optimizers, self.schedules = optimizers, schedules
         for model in models:  # stack_module_state asks for one mode; evaluation left some in eval
             model.train()
-        self.stack = ModelStack(models)
+        self.stack = ModelStack(models, fold)
         first = optimizers[0]
         accepted = inspect.signature(type(first)).parameters  # AdamW fixes some Adam defaults
         options = {k: v for k, v in first.defaults.items() if k in accepted}
