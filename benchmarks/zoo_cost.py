@@ -11,7 +11,10 @@ epoch-0 evaluation, with the dataset's real sizes. Batch sizes that were not tim
 by linear interpolation between the timed ones of the same width; widths that were not timed are
 left out and named. Assumes one run (or, with --together N, N seeds of a grid point as one
 vectorised model, at widths up to --together-up-to) at a time on the device, and no time for
-loading data or writing checkpoints. A timed epoch has at least --steps steps and --images
+loading data or writing checkpoints. With --concurrent K, K grid points (at widths up to
+--concurrent-up-to) train at once, each in a thread and, on CUDA, a stream of its own: a
+scheduler packing K small runs onto one GPU; t_step is then the wall time of the K epochs per
+step and run. A timed epoch has at least --steps steps and --images
 images, so that what an epoch costs once (the stack's copies, the permutation) is not charged to
 a few steps as if it were paid by each. A grid point whose timing fails is reported and left
 out, and the failures are named at the end (exit status 1): one point costs no others.
@@ -21,6 +24,8 @@ out, and the failures are named at the end (exit status 1): one point costs no o
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3
     python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --together-up-to 32 \
         --step cuda_graph --precision bf16 --eval-precision bf16   # the fastest options (CUDA)
+    python benchmarks/zoo_cost.py --zoo cifar10_resnet18 --together 3 --concurrent 4 \
+        --concurrent-up-to 64 --step cuda_graph --precision bf16   # and small runs packed
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -77,10 +85,52 @@ def seeds_per_step(width: int, args) -> int:
     return 1 if wide else args.together
 
 
+def points_at_once(width: int, args) -> int:
+    """How many grid points at `width` train at once on the device."""
+    wide = args.concurrent_up_to is not None and width > args.concurrent_up_to
+    return 1 if wide else args.concurrent
+
+
 def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
     """Median seconds per training step and run at (width, batch), with `seeds_per_step`
-    seeds stepped as one vectorised model, in `args.precision`, with `args.step` (eager,
-    compile or cuda_graph)."""
+    seeds stepped as one vectorised model and `points_at_once` such grid points training at
+    once, in `args.precision`, with `args.step` (eager, compile or cuda_graph)."""
+    together, points = seeds_per_step(width, args), points_at_once(width, args)
+    built = [point_epoch(cfg, width, batch, device, args) for _ in range(points)]
+    epochs, steps = [epoch for epoch, _ in built], built[0][1]
+    for epoch in epochs:  # warm-up, one point at a time: allocator, kernels, cuDNN's
+        epoch()  # algorithm choice, graphs (recorded alone) or compilation
+    times = []
+    for _ in range(TIMED_EPOCHS):
+        synchronize(device)
+        began = time.perf_counter()
+        at_once(epochs, device)
+        synchronize(device)
+        times.append((time.perf_counter() - began) / (steps * together * points))
+    return statistics.median(times)
+
+
+def at_once(epochs: Sequence[Callable[[], object]], device: torch.device) -> None:
+    """Run `epochs` at the same time, each in a thread of its own with, on CUDA, a stream of
+    its own, so that one's kernels run while another's wait on latency or on the host."""
+    if len(epochs) == 1:
+        epochs[0]()
+        return
+
+    def run(epoch: Callable[[], object]) -> None:
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            epoch()
+
+    with ThreadPoolExecutor(len(epochs)) as pool:
+        list(pool.map(run, epochs))  # re-raises the first failure
+
+
+def point_epoch(
+    cfg, width: int, batch: int, device: torch.device, args
+) -> tuple[Callable[[], object], int]:
+    """One grid point's training epoch as it would run (`seeds_per_step` seeds as one model),
+    ready to call, and its steps."""
     together = seeds_per_step(width, args)
     _, _, channels, side, classes = SHAPES[cfg.dataset.name]
     recipe = Recipe(**{**cfg.recipe, "augment": Augment(**cfg.recipe.augment)})
@@ -108,16 +158,7 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
         cuda_graph = options["cuda_graph"]
         stack = Together(models, loaders, optimizers, schedules, args.precision, cuda_graph)
         epoch = stack.train_epoch
-
-    epoch()  # warm-up: allocator, kernels, cuDNN's algorithm choice, graphs or compilation
-    times = []
-    for _ in range(TIMED_EPOCHS):
-        synchronize(device)
-        began = time.perf_counter()
-        epoch()
-        synchronize(device)
-        times.append((time.perf_counter() - began) / (len(loaders[0]) * together))
-    return statistics.median(times)
+    return epoch, len(loaders[0])
 
 
 def time_eval(cfg, width: int, device: torch.device, precision: str, samples: int = 2048) -> float:
@@ -156,6 +197,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
     parser.add_argument("--together-up-to", type=int, help="widest width trained together")
+    parser.add_argument("--concurrent", type=int, default=1, help="grid points at once")
+    parser.add_argument("--concurrent-up-to", type=int, help="widest width run concurrently")
     parser.add_argument("--step", choices=STEPS, default="eager")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--eval-precision", choices=PRECISIONS, default="fp32")
@@ -233,11 +276,19 @@ def main() -> None:
 
 
 def together_words(args) -> str:
-    if args.together == 1:
-        return "one at a time"
-    if args.together_up_to is None:
-        return f"{args.together} seeds at a time"
-    return f"{args.together} seeds at a time up to width {args.together_up_to}, wider ones alone"
+    words = [
+        up_to(args.together, "seeds as one model", args.together_up_to),
+        up_to(args.concurrent, "grid points at once", args.concurrent_up_to),
+    ]
+    return ", ".join(w for w in words if w) or "one run at a time"
+
+
+def up_to(count: int, what: str, widest: int | None) -> str:
+    if count == 1:
+        return ""
+    if widest is None:
+        return f"{count} {what}"
+    return f"{count} {what} up to width {widest}, wider ones alone"
 
 
 if __name__ == "__main__":

@@ -37,14 +37,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 tput=(benchmarks/throughput.py --device cuda --batch 128 --images 8192)
 step 45 "images/s per width next to the roofline, CUDA-graph steps (throughput.py)" \
     "$PYTHON" "${tput[@]}" --widths 2 8 32 128 --step cuda_graph
-step 30 "the same at width 8, eager steps (throughput.py)" "$PYTHON" "${tput[@]}" --widths 8
-step 200 "the 192-model CIFAR-10 ResNet-18 zoo: CUDA graphs, bf16, seeds together to width 32" \
-    "$PYTHON" benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda \
-    --batch-sizes 8 32 128 1024 --images 512 --together 3 --together-up-to 32 \
-    --step cuda_graph --precision bf16 --eval-precision bf16
-step 180 "CUDA tests" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
-    -k "cuda or float64"
+zoo=(benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --together 3 --steps 16
+    --images 256 --step cuda_graph --precision bf16)
+for points in 1 4; do
+    step 25 "grid points at once: $points (zoo_cost.py, width 8, 3 seeds folded)" \
+        "$PYTHON" "${zoo[@]}" --widths 8 --batch-sizes 8 128 --concurrent "$points"
+done
+step 200 "the 192-model CIFAR-10 ResNet-18 zoo: graphs, bf16, seeds together, small runs packed" \
+    "$PYTHON" "${zoo[@]}" --batch-sizes 8 128 1024 --together-up-to 32 --concurrent 4 \
+    --concurrent-up-to 64 --eval-precision bf16
+step 150 "CUDA tests" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py -k cuda
 step 70 "3 seeds together (folded, vmapped) vs one after another, CUDA graphs (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
     --images 1024 --min-steps 32 --repeats 2 --step cuda_graph
