@@ -40,7 +40,7 @@ step 45 "images/s per width next to the roofline, CUDA-graph steps (throughput.p
 zoo=(benchmarks/zoo_cost.py --zoo cifar10_resnet18 --device cuda --together 3 --steps 16
     --images 256 --step cuda_graph --precision bf16)
 for points in 1 4; do
-    step 25 "grid points at once: $points (zoo_cost.py, width 8, 3 seeds folded)" \
+    step 40 "grid points at once: $points (zoo_cost.py, width 8, 3 seeds folded)" \
         "$PYTHON" "${zoo[@]}" --widths 8 --batch-sizes 8 128 --concurrent "$points"
 done
 step 200 "the 192-model CIFAR-10 ResNet-18 zoo: graphs, bf16, seeds together, small runs packed" \
