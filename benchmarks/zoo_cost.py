@@ -98,32 +98,34 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
     together, points = seeds_per_step(width, args), points_at_once(width, args)
     built = [point_epoch(cfg, width, batch, device, args) for _ in range(points)]
     epochs, steps = [epoch for epoch, _ in built], built[0][1]
-    for epoch in epochs:  # warm-up, one point at a time: allocator, kernels, cuDNN's
-        epoch()  # algorithm choice, graphs (recorded alone) or compilation
+    # Each point keeps one stream (the allocator caches memory per stream), in which it warms
+    # up alone: allocator, kernels, cuDNN's algorithm choice, graphs (recorded alone).
+    streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in epochs]
+    for epoch, stream in zip(epochs, streams, strict=True):
+        in_stream(epoch, stream)
     times = []
     for _ in range(TIMED_EPOCHS):
         synchronize(device)
         began = time.perf_counter()
-        at_once(epochs, device)
+        at_once(epochs, streams)
         synchronize(device)
         times.append((time.perf_counter() - began) / (steps * together * points))
     return statistics.median(times)
 
 
-def at_once(epochs: Sequence[Callable[[], object]], device: torch.device) -> None:
-    """Run `epochs` at the same time, each in a thread of its own with, on CUDA, a stream of
-    its own, so that one's kernels run while another's wait on latency or on the host."""
+def in_stream(epoch: Callable[[], object], stream: torch.cuda.Stream | None) -> None:
+    with torch.cuda.stream(stream) if stream is not None else nullcontext():
+        epoch()
+
+
+def at_once(epochs: Sequence[Callable[[], object]], streams: Sequence) -> None:
+    """Run `epochs` at the same time, each in a thread of its own and in its stream (None off
+    CUDA), so that one's kernels run while another's wait on latency or on the host."""
     if len(epochs) == 1:
-        epochs[0]()
+        in_stream(epochs[0], streams[0])
         return
-
-    def run(epoch: Callable[[], object]) -> None:
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            epoch()
-
     with ThreadPoolExecutor(len(epochs)) as pool:
-        list(pool.map(run, epochs))  # re-raises the first failure
+        list(pool.map(in_stream, epochs, streams))  # re-raises the first failure
 
 
 def point_epoch(
@@ -195,16 +197,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="at least, per timed epoch")
     parser.add_argument("--images", type=int, default=1024, help="at least, per timed epoch")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--together", type=int, default=1, help="seeds per vectorised step")
+    parser.add_argument("--together", type=positive, default=1, help="seeds per step")
     parser.add_argument("--together-up-to", type=int, help="widest width trained together")
-    parser.add_argument("--concurrent", type=int, default=1, help="grid points at once")
+    parser.add_argument("--concurrent", type=positive, default=1, help="grid points at once")
     parser.add_argument("--concurrent-up-to", type=int, help="widest width run concurrently")
     parser.add_argument("--step", choices=STEPS, default="eager")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--eval-precision", choices=PRECISIONS, default="fp32")
     args = parser.parse_args()
-    if args.together > 1 and args.step == "compile":
-        raise SystemExit("--step compile: not with --together (vmap is not compiled)")
+    if args.step == "compile" and (args.together > 1 or args.concurrent > 1):
+        raise SystemExit(
+            "--step compile: not with --together (seeds together are not compiled) nor with "
+            "--concurrent (inductor's CUDA graphs are per thread)"
+        )
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", [f"zoo={args.zoo}"], return_hydra_config=True)
@@ -273,6 +278,13 @@ def main() -> None:
     )
     if failed:
         raise SystemExit(f"failed, left out of the projection: {', '.join(failed)}")
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a positive integer")
+    return value
 
 
 def together_words(args) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: install, time training on CUDA next to the roofline, project the published
 # zoo's cost, run the tests that need CUDA, then the side-by-side benchmarks. One call on a GPU
-# machine, about 8 minutes (each step under its own limit: 10 at most, with the install):
+# machine, about 8 minutes (each step under its own limit: 11 at most, with the install):
 #
 #   bash scripts/gpu_check.sh 2>&1 | tee gpu_check.log
 #

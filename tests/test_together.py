@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ptmz.data import DeviceLoader, load_dataset, stacked_batches
 from ptmz.errors import ConfigError, PtmzError
@@ -246,3 +249,46 @@ def test_only_resnets_fold_and_others_are_vmapped():
     assert ModelStack(resnets).fold and not ModelStack(vits).fold
     with pytest.raises(ValueError, match="ViT models cannot be folded"):
         ModelStack(vits, fold=True)
+
+
+F32 = dict(rtol=1e-4, atol=1e-5)  # float32 against float64
+
+
+@pytest.mark.parametrize("head_bias", [True, False])
+def test_folded_fp32_step_equals_float64_models(head_bias):
+    """The fp32 kernels a folded step runs (grouped convolutions with 2 channels a group,
+    1x1 stride-2 ones among them, per-channel batch norm, the side-by-side head) against
+    each model alone in float64: losses, gradients and batch-norm statistics."""
+    torch.manual_seed(0)
+    models = [build_model("resnet18", 2, 3, 10) for _ in SEEDS]
+    if not head_bias:
+        for model in models:
+            model.fc = torch.nn.Linear(model.fc.in_features, 10, bias=False)
+    oracles = [copy.deepcopy(model).double() for model in models]
+    x, y = torch.randn(len(SEEDS), 8, 3, 32, 32), torch.randint(0, 10, (len(SEEDS), 8))
+    stack = ModelStack(models)
+    assert stack.fold
+    losses = stack.losses(x, y)
+    losses.sum().backward()
+    for i, oracle in enumerate(oracles):
+        loss = F.cross_entropy(oracle(x[i].double()), y[i])
+        loss.backward()
+        assert losses[i].item() == pytest.approx(loss.item(), rel=1e-5)
+        for name, p in oracle.named_parameters():
+            torch.testing.assert_close(stack.params[name].grad[i].double(), p.grad, **F32)
+        for name, b in oracle.named_buffers():
+            torch.testing.assert_close(stack.buffers[name][i].to(b.dtype), b, **F32)
+
+
+def test_layers_that_do_not_fold_are_named():
+    models = [build_model("resnet18", 2, 3, 10) for _ in SEEDS]
+    for model in models:
+        model.bn1.momentum = None  # a cumulative average: one count for all models
+    assert not ModelStack(models).fold
+    with pytest.raises(ValueError, match="momentum folds"):
+        ModelStack(models, fold=True)
+    models = [build_model("resnet18", 2, 3, 10) for _ in SEEDS]
+    for model in models:
+        model.bn1 = torch.nn.GroupNorm(1, 2)
+    with pytest.raises(ValueError, match="GroupNorm layers do not fold"):
+        ModelStack(models, fold=True)

@@ -13,7 +13,7 @@ import torch
 
 import ptmz.objectives
 import ptmz.train.run
-from ptmz.data import DeviceLoader, Split
+from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
 from ptmz.objectives import cross_entropy
 from ptmz.train import RunSpec, train_run
@@ -237,16 +237,23 @@ def test_bf16_evaluation_rounds_the_metrics_and_changes_nothing_else(tmp_path):
     assert any(ra["test_loss"] != rb["test_loss"] for ra, rb in records)
 
 
-def test_cpu_gradients_equal_float64_ones_from_a_channels_last_split():
+@pytest.mark.parametrize("layout", ["channels_last split", "contiguous split, cropped"])
+def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout):
     """ResNet-18-w2 has 1x1 stride-2 convolutions of 2 and 4 channels, whose weight gradient
-    torch 2.14's oneDNN gets wrong from channels_last input; a float64 copy of the model (no
-    oneDNN) is the oracle."""
+    torch 2.14's oneDNN gets wrong from channels_last input: a split stored so, or a crop
+    (without the rotation that happens to copy it), makes such batches. A float64 copy of the
+    model (no oneDNN) is the oracle."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 32, 32, 3), generator=generator, dtype=torch.uint8)
-    split = Split(images.permute(0, 3, 1, 2), torch.randint(0, 10, (16,), generator=generator))
-    assert split.images.is_contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (16,), generator=generator)
     cpu = torch.device("cpu")
-    x, y = next(iter(DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu)))
+    if layout == "channels_last split":
+        split, augment = Split(images.permute(0, 3, 1, 2), labels), None
+    else:
+        split = Split(images.permute(0, 3, 1, 2).contiguous(), labels)
+        augment = Augment(crop_padding=4, hflip=True, rotation=0)
+    loader = DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu, augment, generator)
+    x, y = next(iter(loader))
     model = prepare_model(ptmz.train.run.build_model("resnet18", 2, 3, 10), cpu)
     oracle = copy.deepcopy(model).double()
     model_gradients(model)(x, y)

@@ -33,11 +33,7 @@ class DeviceLoader:
         augment: Augment | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        # Contiguous (N, C, H, W), whatever the split's layout: batches keep their source's
-        # layout, and from channels_last input torch 2.14's oneDNN computes wrong weight
-        # gradients for 1x1 stride-2 convolutions of under 8 channels (ResNet-18 at widths 2
-        # and 4) and corrupts the heap doing it (oneDNN issue 6035).
-        self.images = split.images.to(device).contiguous()
+        self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.augment = augment if augment is not None and augment.active else None
@@ -102,6 +98,12 @@ def _passes(loaders: Sequence[DeviceLoader]) -> Iterator[tuple[torch.Tensor, tor
         x, y = first.images[index], first.labels[index]
         if first.augment is not None:
             x = apply(x, first.augment, Draws.cat([draws[batch] for _, draws in plans]))
+        if x.device.type == "cpu":
+            # A gather from a channels_last split, or a crop, is channels_last, and from such
+            # input torch 2.14's oneDNN computes wrong weight gradients for 1x1 stride-2
+            # convolutions of under 8 channels (ResNet-18 at widths 2 and 4), corrupting the heap
+            # as it does (oneDNN issue 6035). cuDNN has no such bug and prefers channels_last.
+            x = x.contiguous()
         yield x if first.mean is None else (x.float() - first.mean) / first.std, y
 
 

@@ -22,28 +22,55 @@ from ptmz.models import ResNet
 
 
 def foldable(model: nn.Module) -> bool:
-    """Whether `model`'s layers all act per channel up to its linear head: the ResNets."""
-    return isinstance(model, ResNet)
+    """Whether `model`'s layers all act per channel up to its linear head (the ResNets) and
+    each layer with parameters or buffers is one `folded_skeleton` folds."""
+    try:
+        return isinstance(model, ResNet) and all(map(_check_foldable, model.modules()))
+    except ValueError:
+        return False
+
+
+def _check_foldable(layer: nn.Module) -> bool:
+    """True for a layer that folds or holds no tensors of its own; ValueError naming it else."""
+    if isinstance(layer, nn.BatchNorm2d):
+        if layer.momentum is None or not (layer.affine and layer.track_running_stats):
+            raise ValueError(
+                f"{layer}: only affine batch norm with running statistics and a momentum folds"
+            )
+        return True
+    own = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+    if own and not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise ValueError(f"{type(layer).__name__} layers do not fold")
+    return True
 
 
 class FoldedLinear(nn.Module):
-    """M linear maps side by side: (B, M * in) to (B, M * out), weights (M, out, in)."""
+    """The head: M linear maps side by side, (B, M * in) to each model's (M, B, out); weights
+    (M, out, in)."""
 
     def __init__(self, models: int, linear: nn.Linear) -> None:
         super().__init__()
         self.models = models
         self.weight = nn.Parameter(torch.empty(models, *linear.weight.shape, device="meta"))
-        self.bias = nn.Parameter(torch.empty(models, *linear.bias.shape, device="meta"))
+        self.bias = None
+        if linear.bias is not None:
+            self.bias = nn.Parameter(torch.empty(models, *linear.bias.shape, device="meta"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_model = x.unflatten(1, (self.models, -1)).transpose(0, 1)  # (M, B, in)
-        out = torch.baddbmm(self.bias.unsqueeze(1), per_model, self.weight.transpose(1, 2))
-        return out.transpose(0, 1).flatten(1)
+        if self.bias is None:
+            return torch.bmm(per_model, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), per_model, self.weight.transpose(1, 2))
 
 
 def folded_skeleton(model: nn.Module, models: int) -> nn.Module:
     """`model`'s architecture for `models` models folded into its channels, without storage
-    (`functional_call` supplies every tensor, see `fold_state`)."""
+    (`functional_call` supplies every tensor, see `fold_state`); its output is each model's,
+    (M, B, classes). ValueError for a model that does not fold."""
+    if not isinstance(model, ResNet):
+        raise ValueError(f"{type(model).__name__} models cannot be folded into one")
+    for layer in model.modules():
+        _check_foldable(layer)
     skeleton = copy.deepcopy(model).to("meta")
     for name, layer in list(skeleton.named_modules()):
         if isinstance(layer, nn.Conv2d):
@@ -60,8 +87,9 @@ def folded_skeleton(model: nn.Module, models: int) -> nn.Module:
                 device="meta",
             )
         elif isinstance(layer, nn.BatchNorm2d):
-            folded = nn.BatchNorm2d(layer.num_features * models, layer.eps, layer.momentum)
-            folded = folded.to("meta")
+            folded = nn.BatchNorm2d(
+                layer.num_features * models, layer.eps, layer.momentum, device="meta"
+            )
             folded.num_batches_tracked = torch.empty(models, dtype=torch.long, device="meta")
         elif isinstance(layer, nn.Linear):
             folded = FoldedLinear(models, layer)
@@ -72,18 +100,19 @@ def folded_skeleton(model: nn.Module, models: int) -> nn.Module:
     return skeleton.train()
 
 
-def fold_state(skeleton: nn.Module, stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stacked tensors (M, ...) as views of the folded skeleton's shapes: writes to them (the
+def state_shapes(skeleton: nn.Module) -> dict[str, torch.Size]:
+    """The shape of each parameter and buffer of a folded skeleton, by name."""
+    return {k: t.shape for k, t in [*skeleton.named_parameters(), *skeleton.named_buffers()]}
+
+
+def fold_state(
+    shapes: dict[str, torch.Size], stacked: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Stacked tensors (M, ...) as views in the folded skeleton's `shapes`: writes to them (the
     batch-norm statistics) and gradients through them reach the stack."""
-    shapes = {k: t.shape for k, t in [*skeleton.named_parameters(), *skeleton.named_buffers()]}
     return {name: tensor.view(shapes[name]) for name, tensor in stacked.items()}
 
 
 def fold_batch(x: torch.Tensor) -> torch.Tensor:
     """(M, B, C, ...) batches, model m's at [m], as one (B, M * C, ...) batch."""
     return x.transpose(0, 1).flatten(1, 2)
-
-
-def unfold_outputs(out: torch.Tensor, models: int) -> torch.Tensor:
-    """(B, M * K) outputs of the folded network as (M, B, K), model m's at [m]."""
-    return out.unflatten(1, (models, -1)).transpose(0, 1)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ptmz.data import DeviceLoader, stacked_batches
-from ptmz.train.fold import fold_batch, fold_state, foldable, folded_skeleton, unfold_outputs
+from ptmz.train.fold import fold_batch, fold_state, foldable, folded_skeleton, state_shapes
 from ptmz.train.gradients import Gradients, GraphedGradients
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
@@ -35,8 +35,9 @@ Schedule = torch.optim.lr_scheduler.LRScheduler
 class ModelStack:
     """The parameters and buffers of `models` stacked (leaves of their own), and the
     cross-entropy of a stacked batch: through the models folded into one network's channels
-    where the architecture allows (`fold`, the ResNets: a step costs one model's kernels),
-    else through vmap. `fold` False asks for vmap."""
+    where the architecture allows (`fold`, the ResNets: a step costs about one model's
+    kernels), else through vmap. `fold` False asks for vmap, True for folding (ValueError
+    where the models do not fold)."""
 
     def __init__(self, models: Sequence[nn.Module], fold: bool | None = None) -> None:
         params, self.buffers = stack_module_state(list(models))
@@ -44,10 +45,9 @@ class ModelStack:
         # a channels_last layout, and folding views each tensor in a new shape.
         self.params = {k: p.detach().contiguous().requires_grad_() for k, p in params.items()}
         self.fold = foldable(models[0]) if fold is None else fold
-        if self.fold and not foldable(models[0]):
-            raise ValueError(f"{type(models[0]).__name__} models cannot be folded into one")
         if self.fold:
             self.skeleton = folded_skeleton(models[0], len(models))
+            self.shapes = state_shapes(self.skeleton)
             return
         # The architecture without storage: functional_call supplies every tensor.
         self.skeleton = copy.deepcopy(models[0]).to("meta").train()
@@ -58,10 +58,8 @@ class ModelStack:
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (M, B, ...) and y (M, B): each model's mean cross-entropy on its own batch, (M,)."""
         if self.fold:
-            tensors = fold_state(self.skeleton, {**self.params, **self.buffers})
-            logits = unfold_outputs(
-                functional_call(self.skeleton, tensors, (fold_batch(x),)), len(y)
-            )
+            tensors = fold_state(self.shapes, {**self.params, **self.buffers})
+            logits = functional_call(self.skeleton, tensors, (fold_batch(x),))  # (M, B, K)
             per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             return per_sample.view_as(y).mean(1)
 
@@ -218,16 +216,19 @@ class Together:
         _stack_state(self.optimizers, self.optimizer)
         hyper = self.optimizers[0].param_groups[0]
         loss_sums = torch.zeros(len(self.models), device=self.loaders[0].labels.device)
-        for x, y in stacked_batches(self.loaders):
-            self.optimizer.param_groups[0].update({k: v for k, v in hyper.items() if k != "params"})
-            losses = self.gradients(x, y)
-            self.optimizer.step()
-            with warnings.catch_warnings():  # their optimizers do not step: the stacked one does
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+        # Their optimizers do not step, the stacked one does: their schedules would warn. Once
+        # an epoch, not a step: entering it costs Python time, and it swaps process-wide state.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            for x, y in stacked_batches(self.loaders):
+                update = {k: v for k, v in hyper.items() if k != "params"}
+                self.optimizer.param_groups[0].update(update)
+                losses = self.gradients(x, y)
+                self.optimizer.step()
                 for schedule in self.schedules:
                     schedule.step()
-            loss_sums += losses * y.shape[1]
-            on_step()
+                loss_sums += losses * y.shape[1]
+                on_step()
         self.stack.unstack_into(self.models)
         _unstack_state(self.optimizers, self.optimizer)
         return [loss_sum / len(self.loaders[0].labels) for loss_sum in loss_sums.tolist()]
