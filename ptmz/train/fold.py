@@ -22,26 +22,31 @@ from ptmz.models import ResNet
 
 
 def foldable(model: nn.Module) -> bool:
-    """Whether `model`'s layers all act per channel up to its linear head (the ResNets) and
-    each layer with parameters or buffers is one `folded_skeleton` folds."""
+    """Whether models like `model` fold into one (see `check_foldable`)."""
     try:
-        return isinstance(model, ResNet) and all(map(_check_foldable, model.modules()))
+        check_foldable(model)
     except ValueError:
         return False
-
-
-def _check_foldable(layer: nn.Module) -> bool:
-    """True for a layer that folds or holds no tensors of its own; ValueError naming it else."""
-    if isinstance(layer, nn.BatchNorm2d):
-        if layer.momentum is None or not (layer.affine and layer.track_running_stats):
-            raise ValueError(
-                f"{layer}: only affine batch norm with running statistics and a momentum folds"
-            )
-        return True
-    own = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
-    if own and not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise ValueError(f"{type(layer).__name__} layers do not fold")
     return True
+
+
+def check_foldable(model: nn.Module) -> None:
+    """ValueError naming what keeps `model` from folding. Its layers must all act per channel
+    up to its linear head (the ResNets), and each layer with tensors of its own must be one
+    `folded_skeleton` folds: a convolution, the head, or batch norm with affine parameters,
+    running statistics and a momentum (a cumulative average would share one count)."""
+    if not isinstance(model, ResNet):
+        raise ValueError(f"{type(model).__name__} models cannot be folded into one")
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            if layer.momentum is None or not (layer.affine and layer.track_running_stats):
+                raise ValueError(
+                    f"{layer}: only affine batch norm with running statistics and a momentum folds"
+                )
+        elif not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            own = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+            if own:
+                raise ValueError(f"{type(layer).__name__} layers do not fold")
 
 
 class FoldedLinear(nn.Module):
@@ -67,10 +72,7 @@ def folded_skeleton(model: nn.Module, models: int) -> nn.Module:
     """`model`'s architecture for `models` models folded into its channels, without storage
     (`functional_call` supplies every tensor, see `fold_state`); its output is each model's,
     (M, B, classes). ValueError for a model that does not fold."""
-    if not isinstance(model, ResNet):
-        raise ValueError(f"{type(model).__name__} models cannot be folded into one")
-    for layer in model.modules():
-        _check_foldable(layer)
+    check_foldable(model)
     skeleton = copy.deepcopy(model).to("meta")
     for name, layer in list(skeleton.named_modules()):
         if isinstance(layer, nn.Conv2d):
