@@ -79,16 +79,17 @@ def synthetic(n: int, channels: int, side: int, classes: int) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(rng.integers(0, classes, n)))
 
 
+def up_to_width(width: int, count: int, widest: int | None) -> int:
+    """`count` (seeds as one model, or grid points at once) at `width`: 1 beyond `widest`."""
+    return 1 if widest is not None and width > widest else count
+
+
 def seeds_per_step(width: int, args) -> int:
-    """How many seeds of a grid point at `width` step as one vectorised model."""
-    wide = args.together_up_to is not None and width > args.together_up_to
-    return 1 if wide else args.together
+    return up_to_width(width, args.together, args.together_up_to)
 
 
 def points_at_once(width: int, args) -> int:
-    """How many grid points at `width` train at once on the device."""
-    wide = args.concurrent_up_to is not None and width > args.concurrent_up_to
-    return 1 if wide else args.concurrent
+    return up_to_width(width, args.concurrent, args.concurrent_up_to)
 
 
 def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
