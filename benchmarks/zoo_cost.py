@@ -12,9 +12,9 @@ by linear interpolation between the timed ones of the same width; widths that we
 left out and named. Assumes one run (or, with --together N, N seeds of a grid point as one
 vectorised model, at widths up to --together-up-to) at a time on the device, and no time for
 loading data or writing checkpoints. With --concurrent K, K grid points (at widths up to
---concurrent-up-to) train at once, each in a thread and, on CUDA, a stream of its own: a
-scheduler packing K small runs onto one GPU; t_step is then the wall time of the K epochs per
-step and run. A timed epoch has at least --steps steps and --images
+--concurrent-up-to) train at once, each in a thread and, on CUDA, a stream of its own, as a
+job with `points_at_once=K` trains them; t_step is then the wall time of the K epochs per step
+and run. A timed epoch has at least --steps steps and --images
 images, so that what an epoch costs once (the stack's copies, the permutation) is not charged to
 a few steps as if it were paid by each. A grid point whose timing fails is reported and left
 out, and the failures are named at the end (exit status 1): one point costs no others.
@@ -36,7 +36,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from train import STEPS, epoch_images, step_options, synchronize
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
+from ptmz.train.at_once import in_stream
 from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
@@ -112,11 +112,6 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
         synchronize(device)
         times.append((time.perf_counter() - began) / (steps * together * points))
     return statistics.median(times)
-
-
-def in_stream(epoch: Callable[[], object], stream: torch.cuda.Stream | None) -> None:
-    with torch.cuda.stream(stream) if stream is not None else nullcontext():
-        epoch()
 
 
 def at_once(epochs: Sequence[Callable[[], object]], streams: Sequence) -> None:

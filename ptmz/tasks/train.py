@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import threading
+from functools import partial
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.errors import ConfigError
 from ptmz.train import RunSpec, train_run, train_together
+from ptmz.train.at_once import at_once
+from ptmz.train.loop import resolve_device
 from ptmz.zoo import RunDir
 
 RUN_KEYS = (
@@ -68,11 +73,19 @@ def packed_configs(cfg: DictConfig) -> list[DictConfig]:
 
 
 def train(cfg: DictConfig) -> str | list[str]:
-    """Train the job's runs, with `seeds_together` the seeds of each grid point as one
-    vectorised model; a failing run (marked `failed` in its directory) does not stop the
+    """Train the job's runs: its grid points `points_at_once` at a time (each in a thread and,
+    on CUDA, a stream of its own), with `seeds_together` the seeds of each grid point as one
+    vectorised model. A failing run (marked `failed` in its directory) does not stop the
     others, and the first failure is raised after all have been tried."""
     if not isinstance(cfg.seeds_together, bool):
         raise ConfigError("seeds_together", cfg.seeds_together, "true or false")
+    at_a_time = cfg.points_at_once
+    if isinstance(at_a_time, bool) or not isinstance(at_a_time, int) or at_a_time < 1:
+        raise ConfigError("points_at_once", at_a_time, "a whole number of grid points, 1 or more")
+    if at_a_time > 1 and cfg.compile is True:
+        raise ConfigError(
+            "compile", True, "false with points_at_once > 1 (inductor's CUDA graphs are per thread)"
+        )
     states, failures, specs = [], [], []
     for run_cfg in packed_configs(cfg):
         try:
@@ -87,12 +100,19 @@ def train(cfg: DictConfig) -> str | list[str]:
         ]
     else:
         groups = [[spec] for spec in specs]
-    for group in groups:
-        try:
-            states += train_together(group) if len(group) > 1 else [train_run(group[0])]
-        except Exception as error:
+    device = resolve_device(specs[0].device) if specs else torch.device("cpu")
+    outcomes = at_once([partial(_train_group, group) for group in groups], at_a_time, device)
+    for group, outcome in zip(groups, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
             states += [RunDir(s.run_dir).state for s in group]
-            failures.append(error)
+            failures.append(outcome)
+        else:
+            states += outcome
     if failures:
         raise failures[0]
     return states[0] if len(states) == 1 else states
+
+
+def _train_group(group: list[RunSpec], stop: threading.Event) -> list[str]:
+    """The states of one grid point's runs, trained together where there are several."""
+    return train_together(group, stop) if len(group) > 1 else [train_run(group[0], stop)]

@@ -3,6 +3,7 @@ of the parameters, eagerly or replayed from CUDA graphs."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -14,6 +15,9 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # a recorded step: its graph, static inputs x and y, and static loss
 Recorded = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]
 WARMUP_STEPS = 3  # eager steps before a graph is recorded: cuDNN times its algorithms in them
+# One recording at a time in a process (runs trained at once, `at_once`): torch.cuda.graph
+# captures on one stream that all threads share, and synchronizes the device before it does.
+RECORDING = threading.Lock()
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -108,6 +112,8 @@ class GraphedGradients(Gradients):
             for buffer, value in zip(self.buffers, kept, strict=True):
                 buffer.copy_(value)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: runs training beside this one in other threads (`at_once`) may go on
+        # allocating and synchronizing their own streams while it records.
+        with RECORDING, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             loss = self._zeroed_step(static_x, static_y)
         return graph, static_x, static_y, loss

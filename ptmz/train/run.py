@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from ptmz.errors import ConfigError
 from ptmz.io import finite_or_none
 from ptmz.models import build_model
 from ptmz.objectives import Classification, objective_for
+from ptmz.train.at_once import stop_if_asked
 from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
@@ -41,9 +45,8 @@ def check_writable(out_dir: str) -> None:
     path = Path(out_dir).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".ptmz-write-probe"
-        probe.touch()
-        probe.unlink()
+        # a probe of its own: jobs and threads checking one folder at once must not share one
+        tempfile.TemporaryFile(dir=path).close()
     except OSError as e:
         raise ConfigError("out_dir", out_dir, f"a directory you can write to ({e})") from None
 
@@ -63,6 +66,11 @@ def data_for(spec: RunSpec, device: torch.device) -> ImageDataset:
     return replace(data, train=data.train.subset(subset).to(device), test=data.test.to(device))
 
 
+# A run's initialisation is drawn from the process's global generator, seeded with the run's
+# seed: runs built in threads at once (`at_once`) take turns, or they would draw each other's.
+SEEDING = threading.Lock()
+
+
 class Trainee:
     """One run in training: its model, data stream, optimizer, schedule and records, and the
     run directory they are checkpointed to. `data` is `data_for(spec, device)`. Constructing
@@ -71,10 +79,11 @@ class Trainee:
     def __init__(
         self, spec: RunSpec, run: RunDir, data: ImageDataset, device: torch.device
     ) -> None:
-        torch.manual_seed(spec.seed)
-        model = build_model(
-            spec.model, spec.width, data.in_channels, data.num_classes, data.image_size
-        )
+        with SEEDING:
+            torch.manual_seed(spec.seed)
+            model = build_model(
+                spec.model, spec.width, data.in_channels, data.num_classes, data.image_size
+            )
         self.spec, self.run = spec, run
         self.objective = objective_for(spec.dataset, spec.to_dict())
         self.model = prepare_model(model, device, channels_last=not spec.compile)
@@ -174,18 +183,19 @@ class Trainee:
             self.run.drop_resume_state()
 
 
-def train_run(spec: RunSpec) -> str:
+def train_run(spec: RunSpec, stop: threading.Event | None = None) -> str:
     """Train `spec` into its run directory and return its state: done, diverged, or running
-    (when another process holds the run's lock and is training it).
+    (when another process holds the run's lock and is training it). Setting `stop` interrupts
+    it within a step (see `at_once`).
 
     A finished run returns at once; an interrupted one resumes from its latest checkpoint with
     optimizer, schedule and RNG state, ending with the same weights as an uninterrupted run.
     An exception marks the run `failed` (with the error) and propagates.
     """
-    return _train_locked([spec], _one_by_one)[0]
+    return _train_locked([spec], _one_by_one, stop)[0]
 
 
-def train_together(specs: Sequence[RunSpec]) -> list[str]:
+def train_together(specs: Sequence[RunSpec], stop: threading.Event | None = None) -> list[str]:
     """Train runs that differ only in their seed as one vectorised model (see `together`);
     each run's directory, records and checkpoints are those `train_run` writes, so a run can
     be started together and resumed alone, or the other way round. Returns their states.
@@ -211,10 +221,14 @@ def train_together(specs: Sequence[RunSpec]) -> list[str]:
             True,
             f"false for dataset={specs[0].dataset}: seeds train together for classifiers only",
         )
-    return _train_locked(specs, _vectorised)
+    return _train_locked(specs, _vectorised, stop)
 
 
-def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]) -> list[str]:
+def _train_locked(
+    specs: Sequence[RunSpec],
+    fit: Callable[[list[Trainee], threading.Event | None], None],
+    stop: threading.Event | None = None,
+) -> list[str]:
     """Lock the unfinished runs of `specs` (all sharing one dataset and subset), build their
     trainees and `fit` them. Returns each run's state, `running` for one that another process
     holds. A run that cannot start (an unreadable checkpoint, say) is marked failed and the
@@ -253,7 +267,7 @@ def _train_locked(specs: Sequence[RunSpec], fit: Callable[[list[Trainee]], None]
                     except Exception as error:
                         _mark_failed(spec, run, error)
                         errors.append(error)
-                fit(trainees)
+                fit(trainees, stop)
             except BaseException as error:  # KeyboardInterrupt too: no run may look `running`
                 for spec, run in mine:
                     if run.state not in FINISHED:
@@ -286,20 +300,27 @@ def _progress(trainees: Sequence[Trainee], label: str) -> tqdm:
     )
 
 
-def _one_by_one(trainees: list[Trainee]) -> None:
+def _stepped(bar: tqdm, runs: int, stop: threading.Event | None) -> None:
+    """After each training step: stop if asked, count the step on the bar."""
+    stop_if_asked(stop)
+    bar.update(runs)
+
+
+def _one_by_one(trainees: list[Trainee], stop: threading.Event | None) -> None:
     for trainee in trainees:
         bar = _progress([trainee], trainee.run.path.name)
+        on_step = partial(_stepped, bar, 1, stop)
         while trainee.state is None:
             bar.set_description(f"{trainee.run.path.name} epoch {trainee.epoch + 1}")
             began = time.perf_counter()
-            batch_loss = trainee.train_epoch(bar.update)
+            batch_loss = trainee.train_epoch(on_step)
             trainee.end_epoch(batch_loss, time.perf_counter() - began)
             metric = f"test_{trainee.objective.metric}"
             bar.set_postfix({metric: trainee.records[-1].get(metric)})
         bar.close()
 
 
-def _vectorised(trainees: list[Trainee]) -> None:
+def _vectorised(trainees: list[Trainee], stop: threading.Event | None) -> None:
     active = [t for t in trainees if t.state is None]
     if active:
         names = ", ".join(t.run.path.name for t in active)
@@ -312,7 +333,7 @@ def _vectorised(trainees: list[Trainee]) -> None:
         if group != members:  # the first epoch, or a run caught up, diverged or finished
             together, members = _together(group), group
         began = time.perf_counter()
-        losses = together.train_epoch(lambda: bar.update(len(group)))  # noqa: B023
+        losses = together.train_epoch(partial(_stepped, bar, len(group), stop))
         seconds = (time.perf_counter() - began) / len(group)  # each run's share
         for trainee, batch_loss in zip(group, losses, strict=True):
             trainee.end_epoch(batch_loss, seconds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +31,17 @@ from ptmz.train.fold import fold_batch, fold_state, foldable, folded_skeleton, s
 from ptmz.train.gradients import Gradients, GraphedGradients
 
 Schedule = torch.optim.lr_scheduler.LRScheduler
+
+
+def _quiet_model_schedules() -> None:
+    """The models' own optimizers never step (the stacked one does), so their schedules' first
+    step would warn that it came before the optimizer's: a filter for that warning, from this
+    module only. Set rather than entered (`catch_warnings` would swap process-wide state under
+    runs training in other threads, `at_once`), and set again by every Together, since a
+    `catch_warnings` around an import may have dropped one set then."""
+    warnings.filterwarnings(
+        "ignore", "Detected call of `lr_scheduler.step", UserWarning, re.escape(__name__)
+    )
 
 
 class ModelStack:
@@ -196,6 +208,7 @@ class Together:
         for model in models:  # stack_module_state asks for one mode; evaluation left some in eval
             model.train()
         self.stack = ModelStack(models, fold)
+        _quiet_model_schedules()
         first = optimizers[0]
         accepted = inspect.signature(type(first)).parameters  # AdamW fixes some Adam defaults
         options = {k: v for k, v in first.defaults.items() if k in accepted}
@@ -216,19 +229,15 @@ class Together:
         _stack_state(self.optimizers, self.optimizer)
         hyper = self.optimizers[0].param_groups[0]
         loss_sums = torch.zeros(len(self.models), device=self.loaders[0].labels.device)
-        # Their optimizers do not step, the stacked one does: their schedules would warn. Once
-        # an epoch, not a step: entering it costs Python time, and it swaps process-wide state.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            for x, y in stacked_batches(self.loaders):
-                update = {k: v for k, v in hyper.items() if k != "params"}
-                self.optimizer.param_groups[0].update(update)
-                losses = self.gradients(x, y)
-                self.optimizer.step()
-                for schedule in self.schedules:
-                    schedule.step()
-                loss_sums += losses * y.shape[1]
-                on_step()
+        for x, y in stacked_batches(self.loaders):
+            update = {k: v for k, v in hyper.items() if k != "params"}
+            self.optimizer.param_groups[0].update(update)
+            losses = self.gradients(x, y)
+            self.optimizer.step()
+            for schedule in self.schedules:
+                schedule.step()
+            loss_sums += losses * y.shape[1]
+            on_step()
         self.stack.unstack_into(self.models)
         _unstack_state(self.optimizers, self.optimizer)
         return [loss_sum / len(self.loaders[0].labels) for loss_sum in loss_sums.tolist()]

@@ -1,0 +1,143 @@
+"""A job's grid points trained at the same time (`points_at_once`) against one after another."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from ptmz.errors import ConfigError
+from ptmz.tasks import run_task
+from ptmz.train.at_once import Stopped, at_once, stop_if_asked
+from ptmz.train.run import Trainee
+from ptmz.zoo import RunDir
+
+from conftest import training_gap
+
+GRID = ("width=2", "batch_size=[64,256]", "epochs=2", "seed=[0,1]", "progress=false")
+
+
+def trained(config, out, *overrides: str) -> list[RunDir]:
+    assert run_task(config(f"out_dir={out}", *GRID, *overrides)) == ["done"] * 4
+    return sorted((RunDir(p) for p in (out / "digits_resnet18").iterdir()), key=lambda r: r.path)
+
+
+def one_at_a_time(config, out, *overrides: str) -> list[RunDir]:
+    """`trained` one point after another, with the torch threads each of two points at once
+    gets on the CPU (another thread count sums in another order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        return trained(config, out, *overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("seeds_together", [False, True], ids=["alone", "seeds_together"])
+def test_points_at_once_train_exactly_what_one_at_a_time_trains(config, tmp_path, seeds_together):
+    """Two grid points (two seeds each) at once end with the records and weights of the same
+    grid points trained one after another: every run keeps its own generator, data and
+    optimizer, and on the CPU each operation computes alone, with half the threads."""
+    together = f"seeds_together={str(seeds_together).lower()}"
+    one = one_at_a_time(config, tmp_path / "one", together)
+    two = trained(config, tmp_path / "two", together, "points_at_once=2")
+    assert [r.path.name for r in one] == [r.path.name for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert [r["train_loss"] for r in a.records] == [r["train_loss"] for r in b.records]
+        wa, wb = a.load_weights(2), b.load_weights(2)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), a.path.name
+    assert not torch.equal(one[0].load_weights(2)["fc.weight"], one[1].load_weights(2)["fc.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("seeds_together", [False, True], ids=["alone", "seeds_together"])
+def test_points_at_once_on_cuda_graphs_train_what_one_at_a_time_trains(
+    config, tmp_path, seeds_together
+):
+    """On CUDA, each point in a stream of its own, its graphs recorded while the other trains:
+    every run moves its weights as the same run trained alone does (cuDNN picks its algorithms
+    by timing, so not bitwise), and the runs stay distinct."""
+    cuda = ("device=cuda", "cuda_graph=true", f"seeds_together={str(seeds_together).lower()}")
+    one = trained(config, tmp_path / "one", *cuda)
+    two = trained(config, tmp_path / "two", *cuda, "points_at_once=2")
+    for a, b in zip(one, two, strict=True):
+        assert a.path.name == b.path.name
+        assert training_gap(str(b.path), str(a.path)) < 0.25, a.path.name
+    assert training_gap(str(two[0].path), str(two[1].path)) > 0.5  # seeds 0 and 1 differ
+
+
+def interrupt_main_thread_after_epoch(monkeypatch, epoch: int) -> None:
+    """Deliver SIGINT (a Ctrl-C) to the main thread once any run has recorded `epoch`, as
+    the terminal would, while the runs train in worker threads."""
+    end_epoch = Trainee.end_epoch
+
+    def end_then_signal(self, *args):
+        end_epoch(self, *args)
+        if self.epoch == epoch:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    monkeypatch.setattr(Trainee, "end_epoch", end_then_signal)
+
+
+def test_ctrl_c_stops_every_point_and_leaves_none_running(config, tmp_path, monkeypatch):
+    """Ctrl-C while two grid points train at once: both stop within a step and are marked
+    failed (none is left looking `running`), and the relaunched job resumes them to the end
+    that uninterrupted training reaches."""
+    grid = (f"out_dir={tmp_path / 'cut'}", *GRID, "points_at_once=2")
+    with monkeypatch.context() as patch:
+        interrupt_main_thread_after_epoch(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_task(config(*grid))
+    runs = sorted((tmp_path / "cut" / "digits_resnet18").iterdir())
+    states = [RunDir(r).status for r in runs]
+    assert {s["state"] for s in states} == {"failed"}, states
+    assert any("Stopped" in s["error"] for s in states)  # the other point stopped mid-epoch
+    assert len(runs) == 2  # the other grid point never started
+    resumed = trained(config, tmp_path / "cut", "points_at_once=2")
+    for a, b in zip(one_at_a_time(config, tmp_path / "one"), resumed, strict=True):
+        assert a.path.name == b.path.name
+        wa, wb = a.load_weights(2), b.load_weights(2)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), b.path.name
+
+
+def test_at_once_isolates_failures_and_drops_unstarted_tasks_when_interrupted():
+    def fails(stop):
+        raise ValueError("this one")
+
+    outcomes = at_once([fails, lambda stop: 7], 2, torch.device("cpu"))
+    assert isinstance(outcomes[0], ValueError) and outcomes[1] == 7
+
+    started, stopped = [], []
+
+    def trains(stop):
+        started.append(threading.current_thread().name)
+        if len(started) == 1:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        try:
+            for _ in range(1000):  # at most 10 s
+                stop_if_asked(stop)
+                time.sleep(0.01)
+        except Stopped:
+            stopped.append(True)
+            raise
+
+    with pytest.raises(KeyboardInterrupt):
+        at_once([trains] * 5, 2, torch.device("cpu"))
+    assert len(started) == len(stopped) <= 2  # the running ones stopped, the rest never began
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", True, 1.5])
+def test_points_at_once_must_be_a_positive_whole_number(config, tmp_path, value):
+    cfg = config(f"out_dir={tmp_path}", *GRID, f"points_at_once={str(value).lower()}")
+    with pytest.raises(ConfigError, match=f"points_at_once={value!r}.*1 or more"):
+        run_task(cfg)
+    assert not (tmp_path / "digits_resnet18").exists()
+
+
+def test_points_at_once_refuse_compile(config, tmp_path):
+    cfg = config(f"out_dir={tmp_path}", *GRID, "points_at_once=2", "compile=true")
+    with pytest.raises(ConfigError, match="compile=True.*points_at_once > 1"):
+        run_task(cfg)
