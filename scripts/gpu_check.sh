@@ -46,14 +46,12 @@ done
 step 200 "the 192-model CIFAR-10 ResNet-18 zoo: graphs, bf16, seeds together, small runs packed" \
     "$PYTHON" "${zoo[@]}" --batch-sizes 8 128 1024 --together-up-to 32 --concurrent 4 \
     --concurrent-up-to 64 --eval-precision bf16
-step 150 "CUDA tests" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py -k cuda
+step 195 "CUDA tests" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_together.py \
+    tests/test_at_once.py -k cuda
 step 70 "3 seeds together (folded, vmapped) vs one after another, CUDA graphs (seeds.py)" \
     "$PYTHON" benchmarks/seeds.py --device cuda --widths 2 8 --batches 8 32 128 \
     --images 1024 --min-steps 32 --repeats 2 --step cuda_graph
-step 45 "training epoch vs the published-style loop (benchmarks/train.py)" \
-    "$PYTHON" benchmarks/train.py --device cuda --widths 2 8 --images 8192 --repeats 3 \
-    --workers 8 --steps eager cuda_graph
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then echo "=== all steps passed"; else printf '=== failed: %s\n' "${failed[@]}"; exit 1; fi

@@ -237,12 +237,13 @@ def test_bf16_evaluation_rounds_the_metrics_and_changes_nothing_else(tmp_path):
     assert any(ra["test_loss"] != rb["test_loss"] for ra, rb in records)
 
 
+@pytest.mark.parametrize("width", [2, 8])
 @pytest.mark.parametrize("layout", ["channels_last split", "contiguous split, cropped"])
-def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout):
-    """ResNet-18-w2 has 1x1 stride-2 convolutions of 2 and 4 channels, whose weight gradient
-    torch 2.14's oneDNN gets wrong from channels_last input: a split stored so, or a crop
-    (without the rotation that happens to copy it), makes such batches. A float64 copy of the
-    model (no oneDNN) is the oracle."""
+def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout, width):
+    """From channels_last input torch 2.14's oneDNN gets weight gradients wrong: at width 2 the
+    1x1 stride-2 convolutions of 2 and 4 channels, at width 8 the last stage's (2x2 and 4x4
+    feature maps). A split stored so, or a crop (without the rotation that happens to copy it),
+    makes such batches. A float64 copy of the model (no oneDNN) is the oracle."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 32, 32, 3), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,), generator=generator)
@@ -254,7 +255,7 @@ def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout):
         augment = Augment(crop_padding=4, hflip=True, rotation=0)
     loader = DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu, augment, generator)
     x, y = next(iter(loader))
-    model = prepare_model(ptmz.train.run.build_model("resnet18", 2, 3, 10), cpu)
+    model = prepare_model(ptmz.train.run.build_model("resnet18", width, 3, 10), cpu)
     oracle = copy.deepcopy(model).double()
     model_gradients(model)(x, y)
     cross_entropy(oracle, x.double(), y).backward()

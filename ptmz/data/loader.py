@@ -100,9 +100,10 @@ def _passes(loaders: Sequence[DeviceLoader]) -> Iterator[tuple[torch.Tensor, tor
             x = apply(x, first.augment, Draws.cat([draws[batch] for _, draws in plans]))
         if x.device.type == "cpu":
             # A gather from a channels_last split, or a crop, is channels_last, and from such
-            # input torch 2.14's oneDNN computes wrong weight gradients for 1x1 stride-2
+            # input torch 2.14's oneDNN computes wrong weight gradients: for 1x1 stride-2
             # convolutions of under 8 channels (ResNet-18 at widths 2 and 4), corrupting the heap
-            # as it does (oneDNN issue 6035). cuDNN has no such bug and prefers channels_last.
+            # as it does (oneDNN issue 6035), and at width 8 in the last stage (1% off).
+            # cuDNN has no such bug and prefers channels_last.
             x = x.contiguous()
         yield x if first.mean is None else (x.float() - first.mean) / first.std, y
 

@@ -30,8 +30,8 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     """`model` on `device`; on CUDA in channels_last (cuDNN's fastest convolution layouts; the
     same math, and state dicts are saved contiguous) unless asked not to, and with cuDNN timing
     its algorithms once per shape to keep the fastest (a run's shapes repeat every step).
-    Never channels_last on a CPU: torch 2.14's oneDNN gets the weight gradient of a 1x1
-    stride-2 convolution of under 8 channels wrong in that layout (see DeviceLoader).
+    Never channels_last on a CPU: torch 2.14's oneDNN gets weight gradients wrong in that
+    layout (see DeviceLoader).
 
     Compiled models stay contiguous: torch 2.11's inductor was seen to fail a stride assertion
     in a channels_last convolution backward where the spatial size is 1x1."""
@@ -48,10 +48,9 @@ def compile_step(model: nn.Module) -> nn.Module:
     the last, smaller batch of an epoch records a second graph. Checkpoints keep using the
     uncompiled module, whose parameters the compiled one shares.
 
-    Meant for CUDA: on a CPU, torch 2.14's compiled backward hands oneDNN channels_last
-    gradients, from which its 1x1 stride-2 weight gradient of under 8 channels (ResNet-18 at
-    widths 2 and 4) comes out wrong, stalls for minutes or corrupts the heap (oneDNN issue
-    6035), so runs refuse `compile` there."""
+    Meant for CUDA: on a CPU, inductor lays the convolutions out channels_last, where torch
+    2.14's oneDNN gets weight gradients wrong (see DeviceLoader), stalls for minutes or
+    corrupts the heap, so runs refuse `compile` there."""
     return torch.compile(model, mode="reduce-overhead")
 
 
