@@ -13,7 +13,7 @@ left out and named. Assumes one run (or, with --together N, N seeds of a grid po
 vectorised model, at widths up to --together-up-to) at a time on the device, and no time for
 loading data or writing checkpoints. With --concurrent K, K grid points (at widths up to
 --concurrent-up-to) train at once, each in a thread and, on CUDA, a stream of its own, as a
-job with `points_at_once=K` trains them; t_step is then the wall time of the K epochs per step
+job with `concurrent=K` trains them; t_step is then the wall time of the K epochs per step
 and run. A timed epoch has at least --steps steps and --images
 images, so that what an epoch costs once (the stack's copies, the permutation) is not charged to
 a few steps as if it were paid by each. A grid point whose timing fails is reported and left
@@ -47,7 +47,7 @@ from train import STEPS, epoch_images, step_options, synchronize
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
-from ptmz.train.at_once import in_stream
+from ptmz.train.at_once import in_stream, share_cores
 from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
@@ -95,7 +95,7 @@ def points_at_once(width: int, args) -> int:
 def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float:
     """Median seconds per training step and run at (width, batch), with `seeds_per_step`
     seeds stepped as one vectorised model and `points_at_once` such grid points training at
-    once, in `args.precision`, with `args.step` (eager, compile or cuda_graph)."""
+    once (`concurrent`), in `args.precision`, with `args.step` (eager, compile or cuda_graph)."""
     together, points = seeds_per_step(width, args), points_at_once(width, args)
     built = [point_epoch(cfg, width, batch, device, args) for _ in range(points)]
     epochs, steps = [epoch for epoch, _ in built], built[0][1]
@@ -108,20 +108,29 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
     for _ in range(TIMED_EPOCHS):
         synchronize(device)
         began = time.perf_counter()
-        at_once(epochs, streams)
+        epochs_at_once(epochs, streams)
         synchronize(device)
         times.append((time.perf_counter() - began) / (steps * together * points))
     return statistics.median(times)
 
 
-def at_once(epochs: Sequence[Callable[[], object]], streams: Sequence) -> None:
-    """Run `epochs` at the same time, each in a thread of its own and in its stream (None off
-    CUDA), so that one's kernels run while another's wait on latency or on the host."""
+def epochs_at_once(epochs: Sequence[Callable[[], object]], streams: Sequence) -> None:
+    """Run `epochs` at the same time, each in a thread of its own with its share of the CPU
+    threads and in its stream (None off CUDA), as `concurrent` runs train: one's kernels run
+    while another's wait on latency or on the host. Each point keeps its stream across calls
+    (the caching allocator keeps memory per stream), which ptmz's `at_once` gives a worker."""
     if len(epochs) == 1:
         in_stream(epochs[0], streams[0])
         return
+    threads = torch.get_num_threads()
+
+    def run(epoch: Callable[[], object], stream: torch.cuda.Stream | None) -> None:
+        share_cores(len(epochs), threads)
+        in_stream(epoch, stream)
+
     with ThreadPoolExecutor(len(epochs)) as pool:
-        list(pool.map(in_stream, epochs, streams))  # re-raises the first failure
+        list(pool.map(run, epochs, streams))  # re-raises the first failure
+    torch.set_num_threads(threads)
 
 
 def point_epoch(

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptmz.errors import ConfigError
 from ptmz.train import RunSpec, train_run, train_together
-from ptmz.train.at_once import at_once
+from ptmz.train.at_once import MAX_CUDA_WORKERS, at_once
 from ptmz.train.loop import resolve_device
 from ptmz.zoo import RunDir
 
@@ -73,18 +73,18 @@ def packed_configs(cfg: DictConfig) -> list[DictConfig]:
 
 
 def train(cfg: DictConfig) -> str | list[str]:
-    """Train the job's runs: its grid points `points_at_once` at a time (each in a thread and,
-    on CUDA, a stream of its own), with `seeds_together` the seeds of each grid point as one
-    vectorised model. A failing run (marked `failed` in its directory) does not stop the
-    others, and the first failure is raised after all have been tried."""
+    """Train the job's runs, `concurrent` at a time (each in a thread and, on CUDA, a stream of
+    its own), with `seeds_together` the seeds of each grid point as one vectorised model that
+    counts as one. A failing run (marked `failed` in its directory) does not stop the others,
+    and the first failure is raised after all have been tried."""
     if not isinstance(cfg.seeds_together, bool):
         raise ConfigError("seeds_together", cfg.seeds_together, "true or false")
-    at_a_time = cfg.points_at_once
-    if isinstance(at_a_time, bool) or not isinstance(at_a_time, int) or at_a_time < 1:
-        raise ConfigError("points_at_once", at_a_time, "a whole number of grid points, 1 or more")
-    if at_a_time > 1 and cfg.compile is True:
+    concurrent = cfg.concurrent
+    if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
+        raise ConfigError("concurrent", concurrent, "a whole number of runs, 1 or more")
+    if concurrent > 1 and cfg.compile is True:
         raise ConfigError(
-            "compile", True, "false with points_at_once > 1 (inductor's CUDA graphs are per thread)"
+            "compile", True, "false with concurrent > 1 (inductor's CUDA graphs are per thread)"
         )
     states, failures, specs = [], [], []
     for run_cfg in packed_configs(cfg):
@@ -100,8 +100,12 @@ def train(cfg: DictConfig) -> str | list[str]:
         ]
     else:
         groups = [[spec] for spec in specs]
-    device = resolve_device(specs[0].device) if specs else torch.device("cpu")
-    outcomes = at_once([partial(_train_group, group) for group in groups], at_a_time, device)
+    device = resolve_device(specs[0].device) if specs and concurrent > 1 else torch.device("cpu")
+    if device.type == "cuda" and concurrent > MAX_CUDA_WORKERS:
+        raise ConfigError(
+            "concurrent", concurrent, f"at most {MAX_CUDA_WORKERS} on CUDA: a stream each"
+        )
+    outcomes = at_once([partial(_train_group, group) for group in groups], concurrent, device)
     for group, outcome in zip(groups, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             states += [RunDir(s.run_dir).state for s in group]

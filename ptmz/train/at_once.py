@@ -5,6 +5,7 @@ at a small batch size leaves most of a GPU idle)."""
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ import torch
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Task = Callable[[threading.Event], T]  # a training, told through the event to stop
+MAX_CUDA_WORKERS = 32  # torch hands out 32 streams per priority, round robin
 
 
 class Stopped(KeyboardInterrupt):
@@ -26,7 +28,7 @@ class Stopped(KeyboardInterrupt):
 
 
 def stop_if_asked(stop: threading.Event | None) -> None:
-    """Called once a step: raise Stopped if `stop` is set."""
+    """Called once a step (and before each run is built): raise Stopped if `stop` is set."""
     if stop is not None and stop.is_set():
         raise Stopped("the job was interrupted while this run trained beside others")
 
@@ -37,64 +39,100 @@ def in_stream(run: Callable[[], T], stream: torch.cuda.Stream | None) -> T:
         return run()
 
 
-def at_once(tasks: Sequence[Task], workers: int, device: torch.device) -> list[T | Exception]:
-    """Run `tasks`, `workers` at a time (threads; on CUDA each task in a stream of its own for
-    its whole life, where the caching allocator keeps its memory), and return each one's
-    result or the exception it raised: one failing does not stop the others.
+def share_cores(workers: int, threads: int | None = None) -> None:
+    """Give the calling thread its share of the torch CPU threads (all of `threads`, by default
+    the current count) among `workers` threads computing at once: more threads than cores
+    slow every one of them down."""
+    torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // workers))
 
-    Ctrl-C sets the event every task checks once a step, rather than raising in this thread:
+
+def at_once(tasks: Sequence[Task], workers: int, device: torch.device) -> list[T | Exception]:
+    """Run `tasks`, `workers` at a time in threads, and return each one's result or the
+    exception it raised: one failing does not stop the others. Each worker thread keeps one
+    CUDA stream for its life (on CUDA; the workers' streams are distinct, so a CUDA graph a
+    task records on its stream captures nothing of the others', and the caching allocator
+    keeps a worker's memory for its next task) and, on the CPU, its share of the cores.
+
+    Ctrl-C sets the event every task checks once a step, rather than raising in this thread
+    (where an exception at any instruction could leave held a lock that a worker waits on):
     the running tasks raise Stopped (and mark their runs as their own interruption would),
     those not yet started do not start, and KeyboardInterrupt is raised here once all have
-    stopped. An exception a signal handler raises here (SystemExit) stops them the same way,
-    without waiting. With one worker the tasks run in this thread, where Ctrl-C reaches them
-    directly."""
+    stopped. A second Ctrl-C gives Ctrl-C back its usual handler. An exception a signal
+    handler raises here (SystemExit) stops the tasks the same way. With one worker the tasks
+    run in this thread, where Ctrl-C reaches them directly."""
     stop = threading.Event()
     if workers == 1:
         return [_outcome(partial(task, stop)) for task in tasks]
-
+    if device.type == "cuda" and workers > MAX_CUDA_WORKERS:
+        raise ValueError(f"at most {MAX_CUDA_WORKERS} workers on CUDA, not {workers}")
+    streams: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(workers):  # drawn one after another: distinct streams
+        streams.put(torch.cuda.Stream(device) if device.type == "cuda" else None)
     threads = torch.get_num_threads()
+
+    def enter_worker() -> None:
+        share_cores(workers, threads)
+        stream = streams.get()
+        if stream is not None:
+            torch.cuda.set_stream(stream)
 
     def start(task: Task) -> T:
         stop_if_asked(stop)
-        if device.type == "cpu":  # the cores shared out: more threads than cores slow all down
-            torch.set_num_threads(max(1, threads // workers))
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        return in_stream(partial(task, stop), stream)
+        return task(stop)
 
-    with _ctrl_c_sets(stop), ThreadPoolExecutor(workers, thread_name_prefix="ptmz-run") as pool:
+    ctrl_c = _CtrlC()
+    pool = ThreadPoolExecutor(workers, "ptmz-run", initializer=enter_worker)
+    with ctrl_c.caught(), pool:
         futures = [pool.submit(start, task) for task in tasks]
         try:
-            # A timeout so that a signal's exception is raised within a second, whichever
-            # thread the signal reached.
-            while wait(futures, timeout=1.0).not_done:
-                pass
+            while wait(futures, timeout=0.2).not_done:
+                if ctrl_c.pressed:
+                    stop.set()
         except BaseException:
             stop.set()
             raise
         finally:
             torch.set_num_threads(threads)  # what threads started later begin with
+    outcomes = [_result(future) for future in futures]
     if stop.is_set():
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.error("failed before the interruption: %s: %s", type(outcome).__name__, outcome)
         raise KeyboardInterrupt("the runs training at once were stopped")
-    return [_result(future) for future in futures]
+    return outcomes
 
 
-@contextmanager
-def _ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
-    """Within: SIGINT sets `stop` instead of raising KeyboardInterrupt in the main thread, where
-    an exception raised at any instruction could leave a lock that a worker waits on held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives Python's signal handlers
-        return
+class _CtrlC:
+    """While `caught`: Ctrl-C (SIGINT) only counts as `pressed`, which the waiting loop turns
+    into the stop event (setting it from the handler could deadlock on the event's lock); a
+    second one puts the usual handler back. Nothing is caught where SIGINT is ignored, or off
+    the main thread (where Python runs no signal handlers)."""
 
-    def handle(signum: int, frame: object) -> None:
-        log.warning("stopping the runs training at once (each within a step)")
-        stop.set()
+    def __init__(self) -> None:
+        self.pressed = False
 
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    @contextmanager
+    def caught(self) -> Iterator[None]:
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if on_main else signal.SIG_IGN
+        if previous is signal.SIG_IGN:
+            yield
+            return
+        previous = signal.SIG_DFL if previous is None else previous  # a handler set from C
+
+        def handle(signum: int, frame: object) -> None:
+            if self.pressed:
+                log.warning("Ctrl-C again: the usual handler is back")
+                signal.signal(signal.SIGINT, previous)
+                return
+            self.pressed = True
+            log.warning("stopping the runs training at once (each at its next step)")
+
+        signal.signal(signal.SIGINT, handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _outcome(run: Callable[[], T]) -> T | Exception:

@@ -15,8 +15,9 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # a recorded step: its graph, static inputs x and y, and static loss
 Recorded = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]
 WARMUP_STEPS = 3  # eager steps before a graph is recorded: cuDNN times its algorithms in them
-# One recording at a time in a process (runs trained at once, `at_once`): torch.cuda.graph
-# captures on one stream that all threads share, and synchronizes the device before it does.
+# One recording at a time in a process (runs trained at once, `at_once`): a recording's warm-up
+# stream comes from torch's shared pool, which may hand another thread's stream out again,
+# and torch.cuda.graph synchronizes the whole device before it captures.
 RECORDING = threading.Lock()
 
 
@@ -99,6 +100,10 @@ class GraphedGradients(Gradients):
         return self._forward_backward(x, y)
 
     def _record(self, x: torch.Tensor, y: torch.Tensor) -> Recorded:
+        with RECORDING:
+            return self._record_alone(x, y)
+
+    def _record_alone(self, x: torch.Tensor, y: torch.Tensor) -> Recorded:
         static_x, static_y = x.clone(), y.clone()
         kept = [b.clone() for b in self.buffers]
         side = torch.cuda.Stream()
@@ -112,8 +117,11 @@ class GraphedGradients(Gradients):
             for buffer, value in zip(self.buffers, kept, strict=True):
                 buffer.copy_(value)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: runs training beside this one in other threads (`at_once`) may go on
-        # allocating and synchronizing their own streams while it records.
-        with RECORDING, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # A run training beside others (`at_once`) captures on its thread's own stream, which
+        # no other thread uses (torch's capture stream may be one); thread_local: they may go
+        # on allocating and synchronizing their own streams meanwhile.
+        current = torch.cuda.current_stream()
+        own = None if current == torch.cuda.default_stream() else current
+        with torch.cuda.graph(graph, stream=own, capture_error_mode="thread_local"):
             loss = self._zeroed_step(static_x, static_y)
         return graph, static_x, static_y, loss

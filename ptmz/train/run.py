@@ -51,10 +51,16 @@ def check_writable(out_dir: str) -> None:
         raise ConfigError("out_dir", out_dir, f"a directory you can write to ({e})") from None
 
 
+# Runs trained at once (`at_once`) load their data one at a time: a download and its extraction
+# into the same files must happen once.
+LOADING = threading.Lock()
+
+
 def data_for(spec: RunSpec, device: torch.device) -> ImageDataset:
     """The run's dataset on `device`, its training split narrowed to the run's (stratified)
     subset; one copy that every run of a job shares."""
-    data = load_dataset(spec.dataset, spec.data_root, spec.download)
+    with LOADING:
+        data = load_dataset(spec.dataset, spec.data_root, spec.download)
     subset = stratified_subset(data.train.labels, spec.data_fraction, spec.subset_seed)
     if spec.batch_size > len(subset):
         raise ConfigError(
@@ -262,6 +268,7 @@ def _train_locked(
             try:
                 trainees = []
                 for spec, run in mine:
+                    stop_if_asked(stop)
                     try:
                         trainees.append(Trainee(spec, run, data, device))
                     except Exception as error:
