@@ -26,8 +26,8 @@ def trained(config, out, *overrides: str) -> list[RunDir]:
 
 
 def one_at_a_time(config, out, *overrides: str) -> list[RunDir]:
-    """`trained` one point after another, with the torch threads each of two points at once
-    gets on the CPU (another thread count sums in another order)."""
+    """`trained` one run after another, with the torch threads each of two runs at once gets
+    on the CPU (another thread count sums in another order)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
     try:
@@ -57,7 +57,7 @@ def test_concurrent_runs_train_exactly_what_one_at_a_time_trains(config, tmp_pat
 def test_concurrent_runs_on_cuda_graphs_train_what_one_at_a_time_trains(
     config, tmp_path, seeds_together
 ):
-    """On CUDA, each point in a stream of its own, its graphs recorded while the other trains:
+    """On CUDA, each run in a stream of its own, its graphs recorded while the other trains:
     every run moves its weights as the same run trained alone does (cuDNN picks its algorithms
     by timing, so not bitwise), and the runs stay distinct."""
     cuda = ("device=cuda", "cuda_graph=true", f"seeds_together={str(seeds_together).lower()}")

@@ -243,7 +243,10 @@ def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout, wid
     """From channels_last input torch 2.14's oneDNN gets weight gradients wrong: at width 2 the
     1x1 stride-2 convolutions of 2 and 4 channels, at width 8 the last stage's (2x2 and 4x4
     feature maps). A split stored so, or a crop (without the rotation that happens to copy it),
-    makes such batches. A float64 copy of the model (no oneDNN) is the oracle."""
+    makes such batches. A float64 copy of the model (no oneDNN) is the oracle, from a seeded
+    initialisation: batch norm amplifies the fp32 rounding of some (errors up to 6% of the
+    largest gradient were seen without oneDNN too), seed 0's stays within 1e-5, and the bug's
+    errors are 1e-2 and more."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 32, 32, 3), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,), generator=generator)
@@ -255,9 +258,10 @@ def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout, wid
         augment = Augment(crop_padding=4, hflip=True, rotation=0)
     loader = DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu, augment, generator)
     x, y = next(iter(loader))
+    torch.manual_seed(0)
     model = prepare_model(ptmz.train.run.build_model("resnet18", width, 3, 10), cpu)
     oracle = copy.deepcopy(model).double()
     model_gradients(model)(x, y)
     cross_entropy(oracle, x.double(), y).backward()
     for (name, p), q in zip(model.named_parameters(), oracle.parameters(), strict=True):
-        assert torch.allclose(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6), name
+        assert (p.grad.double() - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), name
