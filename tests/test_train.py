@@ -241,12 +241,12 @@ def test_bf16_evaluation_rounds_the_metrics_and_changes_nothing_else(tmp_path):
 @pytest.mark.parametrize("layout", ["channels_last split", "contiguous split, cropped"])
 def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout, width):
     """From channels_last input torch 2.14's oneDNN gets weight gradients wrong: at width 2 the
-    1x1 stride-2 convolutions of 2 and 4 channels, at width 8 the last stage's (2x2 and 4x4
-    feature maps). A split stored so, or a crop (without the rotation that happens to copy it),
-    makes such batches. A float64 copy of the model (no oneDNN) is the oracle, from a seeded
-    initialisation: batch norm amplifies the fp32 rounding of some (errors up to 6% of the
-    largest gradient were seen without oneDNN too), seed 0's stays within 1e-5, and the bug's
-    errors are 1e-2 and more."""
+    1x1 stride-2 convolutions of 2 and 4 channels, at width 8 (seen in the last stage, on 4x4
+    and 2x2 feature maps) too. A split stored so, or a crop (without the rotation that happens
+    to copy it), makes such batches. A float64 copy of the model (no oneDNN) is the oracle,
+    from a seeded initialisation: batch norm amplifies the fp32 rounding of some (errors up to
+    6% of the largest gradient were seen without oneDNN too), seed 0's stays within 1e-5, and
+    the bug's errors are 1e-2 and more."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 32, 32, 3), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,), generator=generator)
