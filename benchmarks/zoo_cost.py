@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from train import STEPS, epoch_images, step_options, synchronize
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
-from ptmz.train.at_once import in_stream, share_cores
+from ptmz.train.at_once import share_cores
 from ptmz.train.gradients import autocast
 from ptmz.train.loop import (
     build_optimizer,
@@ -112,6 +113,11 @@ def time_point(cfg, width: int, batch: int, device: torch.device, args) -> float
         synchronize(device)
         times.append((time.perf_counter() - began) / (steps * together * points))
     return statistics.median(times)
+
+
+def in_stream(epoch: Callable[[], object], stream: torch.cuda.Stream | None) -> None:
+    with torch.cuda.stream(stream) if stream is not None else nullcontext():
+        epoch()
 
 
 def epochs_at_once(epochs: Sequence[Callable[[], object]], streams: Sequence) -> None:

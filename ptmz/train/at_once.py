@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
@@ -33,17 +33,10 @@ def stop_if_asked(stop: threading.Event | None) -> None:
         raise Stopped("the job was interrupted while this run trained beside others")
 
 
-def in_stream(run: Callable[[], T], stream: torch.cuda.Stream | None) -> T:
-    """`run()` with `stream` as the thread's current CUDA stream (None: as it is)."""
-    with torch.cuda.stream(stream) if stream is not None else nullcontext():
-        return run()
-
-
-def share_cores(workers: int, threads: int | None = None) -> None:
-    """Give the calling thread its share of the torch CPU threads (all of `threads`, by default
-    the current count) among `workers` threads computing at once: more threads than cores
-    slow every one of them down."""
-    torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // workers))
+def share_cores(workers: int, threads: int) -> None:
+    """Give the calling thread its share of `threads` torch CPU threads among `workers` threads
+    computing at once: more threads than cores slow every one of them down."""
+    torch.set_num_threads(max(1, threads // workers))
 
 
 def at_once(tasks: Sequence[Task], workers: int, device: torch.device) -> list[T | Exception]:
