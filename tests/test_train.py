@@ -81,6 +81,27 @@ def test_exception_marks_run_failed_with_the_error(tmp_path, monkeypatch):
     assert status["state"] == "failed" and status["error"] == "RuntimeError: disk on fire"
 
 
+def test_run_killed_before_its_last_records_keeps_them(tmp_path, monkeypatch):
+    """A kill between the last checkpoint's state and its metrics.jsonl: the relaunch finishes
+    the run with every epoch's record (the state file, their only other copy, is dropped)."""
+    spec = RunSpec(out_dir=str(tmp_path), **TINY)
+    write_records = RunDir.write_records
+
+    def killed_at_the_end(run, records):
+        if records[-1]["epoch"] == spec.epochs:
+            raise KeyboardInterrupt
+        write_records(run, records)
+
+    monkeypatch.setattr(RunDir, "write_records", killed_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec)
+    monkeypatch.setattr(RunDir, "write_records", write_records)
+    run = RunDir(spec.run_dir)
+    assert [r["epoch"] for r in run.records] == [0, 1, 2]
+    assert train_run(spec) == "done"
+    assert [r["epoch"] for r in run.records] == [0, 1, 2, 3]
+
+
 def test_run_id_is_content_keyed():
     base = RunSpec(**TINY)
     assert base.run_id == RunSpec(**TINY).run_id

@@ -123,6 +123,7 @@ class Trainee:
             self.schedule.load_state_dict(state["schedule"])
             self.generator.set_state(state["generator"])
             self.records = state["records"]
+            self.run.write_records(self.records)  # a kill may have come between state and records
             log.info("%s: resuming after epoch %d", self.run.path, self.epoch)
         if self.epoch == self.spec.epochs:  # killed between the last checkpoint and `done`
             self._finish("done")
