@@ -103,6 +103,15 @@ def test_bn_running_statistics_move_with_their_channels(digits_population, digit
     assert "fc.bias" not in spec.axes and set(spec.axes["fc.weight"]) == {1}
 
 
+def test_deriving_the_groups_leaves_a_training_model_as_it_was(digits_population, digits_test):
+    model = Population(digits_population).runs[0].load_model().train()
+    before = copy.deepcopy(model.state_dict())
+    permutation_spec(model, next(iter(digits_test))[0])
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # BN statistics included
+    assert all(m.training for m in model.modules())
+
+
 def test_mlp_groups_and_alignment():
     torch.manual_seed(0)
     mlp = nn.Sequential(

@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ptmz.errors import ConfigError, PtmzError
+from ptmz.models.mode import eval_mode
 from ptmz.weights import State
 
 Permutations = dict[str, torch.Tensor]
@@ -125,7 +126,8 @@ def _traced(model: nn.Module) -> fx.GraphModule:
 def permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
     """Trace `model` on `example` (a batch of inputs) and derive its permutation groups."""
     traced = _traced(model)
-    ShapeProp(traced).propagate(example)
+    with eval_mode(model), torch.no_grad():  # the traced graph runs model's own modules
+        ShapeProp(traced).propagate(example)
     modules = dict(traced.named_modules())
     uf = _UnionFind()
     group: dict[fx.Node, int] = {}  # node -> union-find element of its output channels
