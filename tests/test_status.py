@@ -36,3 +36,12 @@ def test_status_shows_every_run_of_the_grid(digits_population, tmp_path):
     assert lines[header + 2].split() == ["64", "F", ".", "."]
     assert "6 runs: 1 done, 1 running, 1 failed, 1 diverged, 2 not started" in result.stdout
     assert f"failed: {runs['w4_bs64_s0'].resolve()}: OutOfMemoryError: x" in result.stdout
+
+
+def test_command_line_values_are_read_as_a_sweep_reads_them(tmp_path):
+    """`lr=1e-4` is a number to Hydra's grammar (and to a training sweep), a string to YAML."""
+    result = launch("task=status", "zoo=convection_pinn", "lr=1e-4", f"out_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["0.0001"] + [".", "."] * 7 in rows  # lr 1e-4: 7 betas x 2 seeds, none started
+    assert "14 runs: 14 not started" in result.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -25,17 +24,22 @@ def sweep_grid(cfg: DictConfig) -> list[dict[str, object]]:
     for key, text in (HydraConfig.get().sweeper.params or {}).items():
         if "(" in str(text):
             raise ConfigError(key, text, "a comma-separated list (status expands no functions)")
-        # Hydra's own grammar, as -m reads the sweep: 1e-4 is a number there, not in YAML
-        (override,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
-        axes[key] = (
-            list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-        )
+        axes[key] = _values(f"{key}={text}")
     for override in HydraConfig.get().overrides.task:
-        key, _, text = override.partition("=")
+        key = override.partition("=")[0]
         if key in axes or key in RUN_KEYS:
-            value = yaml.safe_load(text)
-            axes[key] = value if isinstance(value, list) else [value]
+            axes[key] = _values(override)
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _values(override: str) -> list:
+    """The values `key=text` stands for, read by Hydra's own grammar as -m reads a sweep (1e-4
+    is a number there, a string in YAML): a sweep's or a list's items, or the one value."""
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    if parsed.is_sweep_override():
+        return list(parsed.sweep_iterator())
+    value = parsed.value()
+    return list(value) if isinstance(value, list) else [value]
 
 
 def status(cfg: DictConfig) -> dict[str, int]:
