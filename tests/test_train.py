@@ -102,6 +102,27 @@ def test_run_killed_before_its_last_records_keeps_them(tmp_path, monkeypatch):
     assert [r["epoch"] for r in run.records] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize(("n", "sizes"), [(17, [8, 9]), (18, [8, 8, 2]), (16, [8, 8]), (1, [1])])
+def test_a_lone_last_sample_joins_the_batch_before_it(n, sizes):
+    split = Split(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+    loader = DeviceLoader(
+        split, 8, (0.5,), (0.5,), torch.device("cpu"), Augment(), torch.Generator()
+    )
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [len(x) for x, _ in batches] == sizes
+    assert len(loader) == len(sizes)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(n))
+
+
+def test_digits_subset_leaving_one_sample_trains(tmp_path):
+    """Half the digits leave one sample after the batches of 16: on its own it would stop
+    batch norm at the 1x1 last stage ("Expected more than 1 value per channel")."""
+    half = {**TINY, "batch_size": 16, "epochs": 1, "data_fraction": 0.5}
+    spec = RunSpec(out_dir=str(tmp_path), **half)
+    assert len(ptmz.train.run.data_for(spec, torch.device("cpu")).train) % 16 == 1
+    assert train_run(spec) == "done"
+
+
 def test_run_id_is_content_keyed():
     base = RunSpec(**TINY)
     assert base.run_id == RunSpec(**TINY).run_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -17,7 +16,9 @@ class DeviceLoader:
 
     Each pass draws a permutation, then each batch's augmentation draws in turn, from
     `generator`, so the data order of a run is a function of its seed and resumes exactly from a
-    saved generator state. The last, smaller batch is kept.
+    saved generator state. The last, smaller batch is kept, except that a lone last sample
+    joins the batch before it: batch norm cannot train on one sample of 1x1 feature maps (a
+    ResNet's last stage on 8x8 digits), and its statistics from one sample are noise anyway.
 
     All draws of a pass are made up front and sent to the device in one copy: a copy from host
     memory per step would make the host wait for the device every step.
@@ -45,7 +46,15 @@ class DeviceLoader:
             self.std = torch.tensor(std, device=device).view(shape) * 255
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return len(self.batches())
+
+    def batches(self) -> list[slice]:
+        """Where each batch of a pass lies in its order."""
+        n = len(self.labels)
+        starts = list(range(0, n, self.batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        return [slice(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return _passes([self])
@@ -60,7 +69,7 @@ class DeviceLoader:
             order = torch.randperm(n, generator=self.generator).to(self.labels.device)
         if self.augment is None:
             return order, None
-        sizes = [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
+        sizes = [batch.stop - batch.start for batch in self.batches()]
         per_batch = [draw(size, self.augment, self.generator) for size in sizes]
         return order, Draws.cat(per_batch).to(self.labels.device)
 
@@ -92,8 +101,7 @@ def _passes(loaders: Sequence[DeviceLoader]) -> Iterator[tuple[torch.Tensor, tor
     """A pass of each loader, their batches of a step joined along the batch dimension."""
     first = loaders[0]
     plans = [loader.plan() for loader in loaders]
-    for start in range(0, len(first.labels), first.batch_size):
-        batch = slice(start, start + first.batch_size)
+    for batch in first.batches():
         index = _joined([order[batch] for order, _ in plans])
         x, y = first.images[index], first.labels[index]
         if first.augment is not None:
