@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,9 @@ class RunSpec:
         _check_int("seed", self.seed, minimum=0)
         _check_int("subset_seed", self.subset_seed, minimum=0)
         _check_int("recipe.augment.crop_padding", self.recipe.augment.crop_padding, minimum=0)
-        if not 0 < self.data_fraction <= 1:
-            raise ConfigError("data_fraction", self.data_fraction, "a number in (0, 1]")
+        _check_number(
+            "data_fraction", self.data_fraction, "a number in (0, 1]", lambda v: 0 < v <= 1
+        )
         if (self.dataset == "convection") != (self.beta is not None):
             allowed = "a number >= 0" if self.dataset == "convection" else "null (convection only)"
             raise ConfigError("beta", self.beta, f"{allowed} for dataset={self.dataset}")
@@ -97,15 +99,18 @@ class RunSpec:
             if self.dataset == "convection" and getattr(self, key) != "fp32":
                 why = "its derivatives and relative errors are finer than bf16 resolves"
                 raise ConfigError(key, getattr(self, key), f"fp32 for dataset=convection ({why})")
-        number = isinstance(self.beta, int | float) and not isinstance(self.beta, bool)
-        if self.beta is not None and not (number and self.beta >= 0):
-            raise ConfigError("beta", self.beta, "a number >= 0")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise ConfigError("lr", self.lr, "a positive number")
-        if not 0 <= self.recipe.augment.rotation <= 180:
-            raise ConfigError(
-                "recipe.augment.rotation", self.recipe.augment.rotation, "degrees in [0, 180]"
-            )
+        if self.beta is not None:
+            _check_number("beta", self.beta, "a number >= 0", lambda v: v >= 0)
+        _check_number("lr", self.lr, "a positive number", lambda v: v > 0)
+        r, augment = self.recipe, self.recipe.augment
+        _check_number("recipe.momentum", r.momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number("recipe.weight_decay", r.weight_decay, "a number >= 0", lambda v: v >= 0)
+        rotation = augment.rotation
+        _check_number(
+            "recipe.augment.rotation", rotation, "degrees in [0, 180]", lambda v: 0 <= v <= 180
+        )
+        if not isinstance(augment.hflip, bool):
+            raise ConfigError("recipe.augment.hflip", augment.hflip, "true or false")
         if isinstance(self.checkpoints, int):
             _check_int("checkpoints", self.checkpoints, minimum=1)
         elif not all(isinstance(e, int) and 0 <= e <= self.epochs for e in self.checkpoints):
@@ -191,6 +196,12 @@ def _floats_as_float(obj: Any) -> None:
         is_float = f.type in ("float", "float | None")
         if is_float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))
+
+
+def _check_number(key: str, value: Any, allowed: str, within: Callable[[float], bool]) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and within(value)):
+        raise ConfigError(key, value, allowed)
 
 
 def _check_int(key: str, value: Any, minimum: int) -> None:
