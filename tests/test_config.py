@@ -94,6 +94,7 @@ def test_unknown_group_choice_lists_the_options(config, group, value):
         ("recipe.weight_decay=-1", r"recipe.weight_decay=-1.0 is not allowed: a number >= 0"),
         ("recipe.augment.rotation=x", r"recipe.augment.rotation='x' is not allowed: degrees in"),
         ("recipe.augment.hflip=2", r"recipe.augment.hflip=2 is not allowed: true or false"),
+        ("model=mlp", r"model='mlp' is not allowed: one of resnet101, .*, vit for dataset=digits"),
         ("device=tpu", r"device='tpu' is not allowed: choose one of auto, cpu, cuda"),
         ("eval_precision=fp16", r"eval_precision='fp16' is not allowed: choose one of bf16, fp32"),
         ("recipe.optimizer=lbfgs", r"recipe.optimizer='lbfgs'.*adam, adamw, sgd"),
@@ -114,6 +115,12 @@ def test_bad_values_are_named(config, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         run_task(config(f"out_dir={tmp_path}", "progress=false", override))
     assert not list(tmp_path.glob("*/*"))  # nothing was written for the bad run
+
+
+def test_only_images_are_augmented(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"recipe.augment=.* for dataset=text, whose inputs are"):
+        run_task(config(f"out_dir={tmp_path}", "zoo=gpt_text", "recipe=published"))
+    assert not list(tmp_path.glob("*/*"))
 
 
 def test_unwritable_out_dir_is_named(config, tmp_path):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from ptmz.data import DeviceLoader, load_dataset
+from ptmz.data import Augment, DeviceLoader, load_dataset
 from ptmz.data.convection import BOUNDARY, INITIAL, RESIDUAL, SOLUTION
 from ptmz.errors import ConfigError
 from ptmz.objectives import ConvectionLoss
 from ptmz.tasks import run_task
-from ptmz.train import RunSpec, train_together
+from ptmz.train import Recipe, RunSpec, train_together
 from ptmz.zoo import RunDir
 
 from conftest import landscape_tasks, small_zoo
@@ -93,20 +93,21 @@ def test_pinn_fails_at_large_beta_and_takes_the_landscape_tasks(tmp_path, config
         run_task(config("task=finetune", f"population={zoo}"))
 
 
+POINTS = dict(dataset="convection", model="mlp", recipe=Recipe(augment=Augment(0, False, 0)))
+
+
 def test_beta_belongs_to_the_convection_zoo_only():
     with pytest.raises(ConfigError, match=r"beta=None .*a number >= 0 for dataset=convection"):
-        RunSpec(dataset="convection", model="mlp", width=50)
+        RunSpec(**POINTS, width=50)
     with pytest.raises(ConfigError, match=r"beta=2.0 .*null \(convection only\)"):
         RunSpec(beta=2.0)
     with pytest.raises(ConfigError, match=r"beta='x' .*a number >= 0"):
-        RunSpec(dataset="convection", model="mlp", beta="x")
+        RunSpec(**POINTS, beta="x")
     for key in ("precision", "eval_precision"):
         with pytest.raises(ConfigError, match=rf"{key}='bf16' .*fp32 for dataset=convection"):
-            RunSpec(dataset="convection", model="mlp", beta=1.0, **{key: "bf16"})
-    assert RunSpec(dataset="convection", model="mlp", beta=5).digest == (
-        RunSpec(dataset="convection", model="mlp", beta=5.0).digest
-    )
+            RunSpec(**POINTS, beta=1.0, **{key: "bf16"})
+    assert RunSpec(**POINTS, beta=5).digest == (RunSpec(**POINTS, beta=5.0).digest)
     assert "beta" not in RunSpec().identity  # image runs keep their ids
-    specs = [RunSpec(dataset="convection", model="mlp", beta=1.0, seed=s) for s in (0, 1)]
+    specs = [RunSpec(**POINTS, beta=1.0, seed=s) for s in (0, 1)]
     with pytest.raises(ConfigError, match="seeds_together.*classifiers only"):
         train_together(specs)

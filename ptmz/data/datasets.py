@@ -168,6 +168,14 @@ DATASETS: dict[str, tuple[Loader, int, tuple | None, tuple | None]] = {
 }
 
 
+# name -> what its inputs are, where they are not images; models say which kind they read
+INPUT_KINDS = {"convection": "points", "text": "tokens"}
+
+
+def input_kind(dataset: str) -> str:
+    return INPUT_KINDS.get(dataset, "images")
+
+
 # name -> (channels, image side) of one input, for models built without loading the data
 INPUT_SHAPES = {
     "digits": (1, 8),

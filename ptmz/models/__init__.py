@@ -13,6 +13,12 @@ from ptmz.models.resnet import DEPTHS, ResNet, resnet
 from ptmz.models.vit import ViT, vit
 
 MODELS = {**{name: partial(resnet, name) for name in DEPTHS}, "vit": vit, "mlp": mlp, "gpt": gpt}
+READS = {"mlp": "points", "gpt": "tokens"}  # the kind of input a family reads, if not images
+
+
+def reads(model: str) -> str:
+    """The kind of input (images, points, tokens) the `model` family reads."""
+    return READS.get(model, "images")
 
 
 def build_model(
@@ -28,4 +34,16 @@ def build_model(
     return builder(width, in_channels, num_classes, image_size)
 
 
-__all__ = ["GPT", "MLP", "MODELS", "ResNet", "ViT", "build_model", "gpt", "mlp", "resnet", "vit"]
+__all__ = [
+    "GPT",
+    "MLP",
+    "MODELS",
+    "reads",
+    "ResNet",
+    "ViT",
+    "build_model",
+    "gpt",
+    "mlp",
+    "resnet",
+    "vit",
+]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ptmz.data.augment import Augment
-from ptmz.data.datasets import DATASETS
+from ptmz.data.datasets import DATASETS, input_kind
 from ptmz.errors import ConfigError, choose
-from ptmz.models import MODELS
+from ptmz.models import MODELS, reads
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "constant")
@@ -70,6 +70,7 @@ class RunSpec:
             _floats_as_float(part)
         choose("model", self.model, MODELS)
         choose("dataset", self.dataset, DATASETS)
+        _check_inputs(self.model, self.dataset, self.recipe.augment)
         choose("recipe.optimizer", self.recipe.optimizer, dict.fromkeys(OPTIMIZERS))
         choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
         choose("device", self.device, dict.fromkeys(DEVICES))
@@ -196,6 +197,23 @@ def _floats_as_float(obj: Any) -> None:
         is_float = f.type in ("float", "float | None")
         if is_float and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(obj, f.name, float(value))
+
+
+def _check_inputs(model: str, dataset: str, augment: Augment) -> None:
+    """The model reads the dataset's kind of input, and only images are augmented."""
+    kind = input_kind(dataset)
+    if reads(model) != kind:
+        fits = ", ".join(sorted(name for name in MODELS if reads(name) == kind))
+        raise ConfigError(
+            "model", model, f"one of {fits} for dataset={dataset} (its inputs are {kind})"
+        )
+    if kind != "images" and augment.active:
+        raise ConfigError(
+            "recipe.augment",
+            asdict(augment),
+            f"crop_padding=0, hflip=false, rotation=0 for dataset={dataset}, whose inputs "
+            f"are {kind}, not images",
+        )
 
 
 def _check_number(key: str, value: Any, allowed: str, within: Callable[[float], bool]) -> None:
