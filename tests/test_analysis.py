@@ -73,6 +73,15 @@ def test_constructed_phases_are_classified_as_constructed():
     assert applied["cka"].value == pytest.approx((0.20 + 0.95) / 2)
 
 
+def test_the_hessian_at_the_published_budget_serves_the_phases_too():
+    """task=hessian_published writes its own columns; the phases read them where the table
+    has no task=hessian ones."""
+    published = {"hessian.train.trace": "hessian_published.train.trace"}
+    table = synthetic_table().rename(columns=published)
+    assert phases_of(table) == phases_of(synthetic_table())
+    assert classify_phases(table).thresholds["hessian"].column == "hessian_published.train.trace"
+
+
 def test_changed_thresholds_change_the_phases():
     table = synthetic_table()
     # a tighter tolerance: the IV-B point's mc of +0.005 is now positive (not in the table)

@@ -119,7 +119,15 @@ def test_top_eigenvalues_match_dense(problem):
     expected = torch.linalg.eigvalsh(h).flip(0)[:3]
     result = hessian_metrics(model, data, top_k=3, tol=1e-6, trace_probes=2)
     assert result.eigenvalues == pytest.approx(expected.tolist(), rel=1e-3)
-    assert 3 <= result.eigen_iterations <= h.shape[0]
+    assert 3 <= result.eigen_iterations <= h.shape[0] and result.eigen_converged
+
+
+def test_eigenvalues_short_of_their_tolerance_say_so(problem):
+    model, data, _ = problem
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        result = hessian_metrics(model, data, top_k=3, max_iter=3, tol=1e-12, trace_probes=2)
+    assert result.eigen_iterations == 3 and not result.eigen_converged
+    assert result.to_dict()["eigen_converged"] is False
 
 
 def test_top_eigenvalue_at_default_tolerance(problem):

@@ -89,8 +89,10 @@ class PhaseThresholds:
     loss_metric: tuple[str, ...] = ("train_loss",)
     hessian_metric: tuple[str, ...] = (
         "hessian.train.trace",
+        "hessian_published.train.trace",  # task=hessian_published: the published budget
         "log_hessian_trace_train",
         "hessian.train.top_eigenvalue",
+        "hessian_published.train.top_eigenvalue",
         "log_hessian_top_ev_val",
     )
     mc_metric: tuple[str, ...] = (

@@ -50,6 +50,7 @@ HVP = Callable[[Tensor], Tensor]
 class HessianResult:
     eigenvalues: list[float]  # top-k, most positive first
     eigen_iterations: int  # Lanczos steps = HVPs spent on all k eigenvalues together
+    eigen_converged: bool  # every top-k residual within tol; False: max_iter ran out first
     trace: float  # Hutchinson estimate
     trace_stderr: float  # standard error of the mean over probes, std/sqrt(probes), ddof=1
     trace_probes: int
@@ -68,6 +69,7 @@ class Eigenpairs:
     values: list[float]  # most positive first
     vectors: Tensor  # (k, n) unit Ritz vectors, row i belongs to values[i]
     iterations: int  # Lanczos steps (HVPs)
+    converged: bool  # every value's residual within tol
 
 
 @dataclass(frozen=True)
@@ -233,14 +235,15 @@ def top_eigenvalues(
     converged = _top_ritz_converged(k, tol)
     krylov = _lanczos(hvp, _gaussian(n, generator, dtype, device), max_iter, converged)
     values, vectors = krylov.ritz()
-    if not converged(krylov):
+    done = converged(krylov)
+    if not done:
         warnings.warn(
             f"Lanczos: top-{k} eigenvalues not converged to tol={tol} in {max_iter} steps",
             RuntimeWarning,
             stacklevel=2,
         )
     top = vectors[:, -k:].flip(1).to(krylov.basis)
-    return Eigenpairs(values[-k:].flip(0).tolist(), top.T @ krylov.basis, len(krylov.alphas))
+    return Eigenpairs(values[-k:].flip(0).tolist(), top.T @ krylov.basis, len(krylov.alphas), done)
 
 
 def probe_trace(hvp: HVP, probes: Iterable[Tensor]) -> TraceEstimate:
@@ -338,6 +341,7 @@ def hessian_metrics(
     return HessianResult(
         eigenvalues=eigen.values,
         eigen_iterations=eigen.iterations,
+        eigen_converged=eigen.converged,
         trace=trace.mean,
         trace_stderr=trace.stderr,
         trace_probes=trace.probes,

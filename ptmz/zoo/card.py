@@ -32,12 +32,12 @@ DEFINITIONS = (
     ),
     (r"batch_loss", "mean training loss over the epoch's augmented batches, as trained"),
     (
-        r"hessian\.\w+\.top_eigenvalue",
+        r"hessian(_published)?\.\w+\.top_eigenvalue",
         "largest eigenvalue of the Hessian of the loss (no "
         "weight decay; eval mode; fixed unaugmented samples of the split): larger = sharper",
     ),
     (
-        r"hessian\.\w+\.trace",
+        r"hessian(_published)?\.\w+\.trace",
         "Hutchinson estimate of the Hessian's trace, same loss and data "
         "(with trace_stderr, its standard error, and trace_probes)",
     ),
