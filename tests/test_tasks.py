@@ -75,6 +75,32 @@ def test_an_epoch_that_was_not_checkpointed_is_named(config, population):
         run_task(config("task=hessian"))
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["task=curve", "task.points=2"], r"task.points=2 .*an integer >= 3"),
+        (["task=interpolate", "task.points=1"], r"task.points=1 .*an integer >= 3"),
+        (["task=hessian", "task.splits=[val]"], r"task.splits=\['val'\] .*a list of train, test"),
+        (["task=average_epochs", "epoch=3"], r"epoch=3 .*null for task=average_epochs"),
+    ],
+)
+def test_bad_task_settings_are_named_before_any_work(config, digits_population, args, match):
+    from ptmz.errors import ConfigError
+
+    before = sorted(digits_population.rglob("*"))
+    with pytest.raises(ConfigError, match=match):
+        run_task(config(*args, f"population={digits_population}"))
+    assert sorted(digits_population.rglob("*")) == before  # nothing computed, nothing written
+
+
+def test_named_epochs_are_averaged_in_order(config, population):
+    args = ["task=average_epochs", f"population={population}", "task.epochs=[3,1]"]
+    assert run_task(config(*args))["computed"] == len(Population(population).runs)
+    (file, *_) = results(population, "average_epochs")
+    assert file.name.endswith("_0003.json")  # the latest named epoch is the final model
+    assert json.loads(file.read_text())["inputs"]["epochs"] == [1, 3]
+
+
 def test_tasks_on_the_published_format_from_the_command_line(digits_population, tmp_path):
     path = write_published(digits_population, tmp_path / "published", dataset_hint=False)
     sweep = (

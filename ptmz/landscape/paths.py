@@ -26,6 +26,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ptmz.data import DeviceLoader
+from ptmz.errors import ConfigError
 from ptmz.objectives import CLASSIFICATION, Loss, Objective, cross_entropy
 from ptmz.weights import State, bezier, lerp, recalibrate_bn
 
@@ -90,12 +91,19 @@ def _summaries(path: dict[str, list[float]], metric: Callable, name: str) -> dic
     return {f"{name}_{k}": metric(path[k]) for k in keys if None not in path[k]}
 
 
+def path_ts(points: int, key: str = "points") -> list[float]:
+    """`points` evenly spaced t in [0, 1], ends included: at least one between them, or mc and
+    the barrier would say nothing about the path."""
+    if isinstance(points, bool) or not isinstance(points, int) or points < 3:
+        raise ConfigError(key, points, "an integer >= 3 (both ends and a point between)")
+    return torch.linspace(0, 1, points).tolist()
+
+
 def interpolation_metrics(
     model: nn.Module, a: State, b: State, data: PathData, points: int = 11
 ) -> dict:
     """Loss/error along the straight line from a to b and its barrier."""
-    ts = torch.linspace(0, 1, points).tolist()
-    path = evaluate_path(model, lambda t: lerp(a, b, t), ts, data)
+    path = evaluate_path(model, lambda t: lerp(a, b, t), path_ts(points), data)
     return {**_summaries(path, barrier, "barrier"), "path": path}
 
 
@@ -170,9 +178,9 @@ def curve_metrics(
     progress: bool = False,
 ) -> dict:
     """Fit a Bezier curve from a to b and measure it: mc, mc_interior and the E(t) arrays."""
+    ts = path_ts(settings.points)
     bend = fit_bezier(model, a, b, train_loader, settings, progress, data.objective.loss)
     full_bend = {**a, **{n: v.to(a[n].device) for n, v in bend.items()}}
-    ts = torch.linspace(0, 1, settings.points).tolist()
     path = evaluate_path(model, lambda t: bezier(a, full_bend, b, t), ts, data)
     return {
         **_summaries(path, mode_connectivity, "mc"),

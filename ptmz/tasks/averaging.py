@@ -40,10 +40,10 @@ from ptmz.zoo.results import run_result
 
 
 def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
-    """The epochs to average: those named (each must be checkpointed), or the last `last`
-    checkpoints of the run."""
+    """The epochs to average, in order: those named (each must be checkpointed), or the last
+    `last` checkpoints of the run. The latest is the final model they are compared with."""
     if epochs:
-        return [run.resolve_epoch(e) for e in epochs]
+        return sorted({run.resolve_epoch(e) for e in epochs})
     if last < 1:
         raise ConfigError("task.last", last, "an integer >= 1")
     return run.checkpoint_epochs[-last:]
@@ -60,6 +60,9 @@ def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]
 
 
 def average_epochs(cfg: DictConfig) -> dict[str, int]:
+    if cfg.epoch is not None:
+        allowed = "null for task=average_epochs: name its checkpoints with task.epochs=[...]"
+        raise ConfigError("epoch", cfg.epoch, allowed)
     ws, t = Workspace(cfg), cfg.task
     runs = shard(ws.population.runs, lambda run: run.name, cfg)
 

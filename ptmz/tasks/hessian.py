@@ -11,9 +11,14 @@ from ptmz.objectives import Classification
 from ptmz.tasks.population import Workspace, per_run_task
 from ptmz.zoo.population import Run
 
+SPLITS = ("train", "test")
+
 
 def hessian(cfg: DictConfig) -> dict[str, int]:
-    ws, t = Workspace(cfg), cfg.task
+    t = cfg.task
+    if not t.splits or not set(t.splits) <= set(SPLITS):
+        raise ConfigError("task.splits", list(t.splits), f"a list of {', '.join(SPLITS)}")
+    ws = Workspace(cfg)
 
     def compute(run: Run, epoch: int) -> dict:
         objective = ws.objective(run)

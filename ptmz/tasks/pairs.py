@@ -10,7 +10,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.landscape.cka import mean_pairwise_cka
-from ptmz.landscape.paths import CurveSettings, PathData, curve_metrics, interpolation_metrics
+from ptmz.landscape.paths import (
+    CurveSettings,
+    PathData,
+    curve_metrics,
+    interpolation_metrics,
+    path_ts,
+)
 from ptmz.tasks.population import (
     Workspace,
     common_epoch,
@@ -91,6 +97,7 @@ def cka(cfg: DictConfig) -> dict[str, int]:
 
 def interpolate(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
+    path_ts(t.points, "task.points")  # refused before any model loads
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         def measure(a: Run, b: Run, data: PathData) -> dict:
@@ -109,6 +116,7 @@ def curve(cfg: DictConfig) -> dict[str, int]:
     settings = CurveSettings(
         epochs=t.epochs, lr=t.lr, momentum=t.momentum, l2=t.l2, points=t.points, seed=t.seed
     )
+    path_ts(t.points, "task.points")  # refused before any curve is fitted
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         def measure(a: Run, b: Run, data: PathData) -> dict:
