@@ -89,23 +89,34 @@ def test_averaging_tasks(config, digits_population, tmp_path, task, units):
 
 
 def test_magnitude_pruning_zeroes_exactly_the_smallest_weights():
-    from ptmz.averaging import magnitude_prune
+    from ptmz.averaging import magnitude_prune, prunable
 
+    model = nn.ModuleDict(
+        {
+            "tokens": nn.Embedding(2, 2),  # 2-d, but an embedding: never pruned
+            "conv": nn.Conv2d(1, 1, 2),
+            "bn": nn.BatchNorm2d(1),
+            "fc": nn.Linear(2, 2, bias=False),
+        }
+    )
+    keys = prunable(model)
+    assert keys == ["conv.weight", "fc.weight"]
     state = {
+        "tokens.weight": torch.tensor([[0.0001, 0.0002], [0.0003, 0.0004]]),
         "conv.weight": torch.tensor([[[[0.5, -0.1], [0.3, -0.9]]]]),  # 4 prunable
         "conv.bias": torch.tensor([0.01]),  # never pruned
-        "bn.weight": torch.tensor([0.001]),  # 1-d: never pruned
+        "bn.weight": torch.tensor([0.001]),  # never pruned
         "fc.weight": torch.tensor([[0.2, -0.05], [0.7, 0.4]]),  # 4 prunable
     }
-    pruned = magnitude_prune(state, 0.5)  # the 4 smallest of 8: 0.05, 0.1, 0.2, 0.3
+    pruned = magnitude_prune(state, 0.5, keys)  # the 4 smallest of 8: 0.05, 0.1, 0.2, 0.3
     assert torch.allclose(pruned["conv.weight"].flatten(), torch.tensor([0.5, 0.0, 0.0, -0.9]))
     assert torch.allclose(pruned["fc.weight"], torch.tensor([[0.0, 0.0], [0.7, 0.4]]))
-    assert torch.equal(pruned["conv.bias"], state["conv.bias"])
-    assert torch.equal(pruned["bn.weight"], state["bn.weight"])
+    for untouched in ("tokens.weight", "conv.bias", "bn.weight"):
+        assert torch.equal(pruned[untouched], state[untouched])
     assert state["fc.weight"][0, 0] == 0.2  # the input is not modified
-    assert torch.equal(magnitude_prune(state, 0.0)["fc.weight"], state["fc.weight"])
+    assert torch.equal(magnitude_prune(state, 0.0, keys)["fc.weight"], state["fc.weight"])
     with pytest.raises(ConfigError, match=r"sparsity=1.0 .*\[0, 1\)"):
-        magnitude_prune(state, 1.0)
+        magnitude_prune(state, 1.0, keys)
 
 
 def test_prune_task_reports_every_sparsity(config, digits_population, tmp_path):
@@ -115,6 +126,7 @@ def test_prune_task_reports_every_sparsity(config, digits_population, tmp_path):
     (file, *_) = sorted(population.rglob("landscape/prune_epoch_0003.json"))
     result = json.loads(file.read_text())
     assert set(result["sparsity"]) == {"0.5", "0.99"}
+    assert set(result["unpruned_recalibrated"]) == set(result["unpruned"])
     unpruned, gutted = result["unpruned"]["test_acc"], result["sparsity"]["0.99"]["test_acc"]
     assert gutted < unpruned - 0.2  # 1% of the weights left: near chance
 

@@ -9,7 +9,7 @@ from ptmz.averaging.align import (
 )
 from ptmz.averaging.average import average_states, ensemble_metrics
 from ptmz.averaging.finetune import finetune, fit_head, wiseft_curve, wiseft_summary
-from ptmz.averaging.prune import magnitude_prune
+from ptmz.averaging.prune import magnitude_prune, prunable
 
 __all__ = [
     "activation_matching",
@@ -19,6 +19,7 @@ __all__ = [
     "ensemble_metrics",
     "finetune",
     "magnitude_prune",
+    "prunable",
     "permutation_spec",
     "fit_head",
     "weight_matching",

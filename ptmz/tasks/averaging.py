@@ -17,6 +17,7 @@ from ptmz.averaging import (
     finetune,
     fit_head,
     magnitude_prune,
+    prunable,
     wiseft_curve,
     wiseft_summary,
 )
@@ -105,10 +106,13 @@ def prune(cfg: DictConfig) -> dict[str, int]:
 
     def compute(run: Run, epoch: int) -> dict[str, Any]:
         state, model = run.state_dict(epoch), run.load_model(epoch).to(ws.device)
-        out = {"unpruned": measure(ws, model, run), "sparsity": {}}
+        keys, out = prunable(model), {"unpruned": measure(ws, model, run), "sparsity": {}}
+        bn_data = ws.loader(ws.train_split(run), 512)
+        # every sparsity's BN statistics are recomputed: so are the baseline's they compare with
+        out["unpruned_recalibrated"] = measure(ws, recalibrate_bn(model, bn_data), run)
         for sparsity in cfg.task.sparsities:
-            model.load_state_dict(magnitude_prune(state, sparsity))
-            recalibrate_bn(model, ws.loader(ws.train_split(run), 512))
+            model.load_state_dict(magnitude_prune(state, sparsity, keys))
+            recalibrate_bn(model, bn_data)
             out["sparsity"][str(sparsity)] = measure(ws, model, run)
         return out
 
