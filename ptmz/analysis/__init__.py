@@ -8,8 +8,8 @@ classification of its grid points, and the phase-diagram figures.
 
 from ptmz.analysis.phases import (
     PHASES,
-    Classification,
     Cut,
+    PhaseClassification,
     PhaseThresholds,
     Threshold,
     classify_phases,
@@ -20,7 +20,7 @@ from ptmz.analysis.table import flatten, results_table
 
 __all__ = [
     "PHASES",
-    "Classification",
+    "PhaseClassification",
     "Cut",
     "PhaseThresholds",
     "Threshold",

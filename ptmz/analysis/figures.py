@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from ptmz.analysis.phases import (
     DEFAULT,
-    Classification,
+    PhaseClassification,
     PhaseThresholds,
     classify_phases,
     grid_point_means,
@@ -285,7 +285,7 @@ def phase_diagram(
     thresholds: PhaseThresholds = DEFAULT,
     axes: Axes2D = Axes2D(),
     title: str = "",
-    classification: Classification | None = None,
+    classification: PhaseClassification | None = None,
 ) -> tuple[Figure, list[str], list[str]]:
     """The figure at `epoch`: a heatmap per metric found in `table` and the phase map.
     Returns (figure, the columns drawn, notes on the metrics left out)."""
@@ -321,7 +321,7 @@ def phase_evolution(
     thresholds: PhaseThresholds = DEFAULT,
     axes: Axes2D = Axes2D(),
     title: str = "",
-    classification: Classification | None = None,
+    classification: PhaseClassification | None = None,
 ) -> Figure:
     """The phase map at each of `epochs`, side by side (one threshold set for all)."""
     classification = classification or classify_phases(table, thresholds)

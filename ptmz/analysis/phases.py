@@ -160,7 +160,7 @@ class Threshold:
 
 
 @dataclass
-class Classification:
+class PhaseClassification:
     """Per grid point and epoch: the seed means used, the verdict on each metric, the phase
     (None when it cannot be told) and the reason; with the thresholds as applied."""
 
@@ -270,7 +270,9 @@ def _phase(loss_high, hessian_large, mc, cka_high) -> tuple[str | None, str]:
     return ("IV-B" if cka_high else "IV-A"), ""
 
 
-def classify_phases(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT) -> Classification:
+def classify_phases(
+    table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT
+) -> PhaseClassification:
     """The phase of every grid point and epoch of a results table (`results_table`)."""
     columns = {
         "loss": pick_column(table, thresholds.loss_metric),
@@ -300,7 +302,7 @@ def classify_phases(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT) 
         verdicts.append((loss_high, hessian_large, mc, cka_high, phase, reason))
     names = ["loss_high", "hessian_large", "mc_sign", "cka_high", "phase", "reason"]
     verdict = pd.DataFrame(verdicts, columns=names, index=grid.index, dtype=object)
-    return Classification(pd.concat([grid, verdict], axis=1), applied)
+    return PhaseClassification(pd.concat([grid, verdict], axis=1), applied)
 
 
 def phase_column(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT) -> pd.Series:
