@@ -11,6 +11,11 @@ uses them. Same model (ResNet-18-w), batch size, lr and data.
 Each side trains one warm-up epoch, then `--repeats` timed epochs (the two sides alternate, so
 load from elsewhere hits both alike); OneCycleLR spans all of them. Medians are printed.
 
+On a CPU it also prints the ceiling that the convolutions set: both sides run the same oneDNN
+convolutions, so no epoch that runs them can beat the reference by more than the reference's
+epoch over the time those convolutions take in ptmz's eager epoch (by torch's profiler, the
+median of `--repeats` epochs after the timed ones).
+
     python benchmarks/train.py [--widths 2 8 32] [--batch 128] [--images 2048] [--repeats 3]
         [--workers 2] [--threads 0] [--device auto] [--data synthetic|cifar10 --data-root DIR]
         [--steps eager compile cuda_graph]   # which of ptmz's training steps to time (the
@@ -178,6 +183,15 @@ class Ptmz:
         )
 
 
+def convolution_seconds(run) -> float:
+    """Seconds of one epoch of `run` spent in convolutions, forward and backward (on a CPU, where
+    an operation's time in the profiler is its wall time: it runs on the calling thread)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run.epoch()
+    ops = profile.key_averages()
+    return sum(op.self_cpu_time_total for op in ops if "convolution" in op.key) / 1e6
+
+
 def timed(run, device: torch.device) -> tuple[float, float]:
     synchronize(device)
     began = time.perf_counter()
@@ -216,7 +230,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     split, what = load_data(args)
-    epochs = 1 + args.repeats  # warm-up + timed; the OneCycle schedules cover them all
+    epochs = 1 + 2 * args.repeats  # warm-up, timed, profiled; OneCycle spans them all
+    ceiling = device.type == "cpu" and "eager" in args.steps
     steps = -(-len(split) // args.batch)
     print(describe_machine(device))
     print(f"data: {what}")
@@ -226,7 +241,8 @@ def main() -> None:
     )
     ours = [f"ptmz {step}" for step in args.steps]
     print(f"{'width':>5}  {'reference s/epoch':>17}", end="")
-    print("".join(f"  {name + ' s/epoch':>21}  {'speed-up':>8}" for name in ours))
+    print("".join(f"  {name + ' s/epoch':>21}  {'speed-up':>8}" for name in ours), end="")
+    print(f"  {'convolutions s/epoch':>20}  {'ceiling':>8}" if ceiling else "")
     for width in args.widths:
         sides = {"reference": Reference(split, width, args, device, epochs)}
         for step, name in zip(args.steps, ours, strict=True):
@@ -240,12 +256,15 @@ def main() -> None:
                 if not np.isfinite(loss):
                     sys.exit(f"width {width}: {name} loss is not finite ({loss})")
                 times[name].append(seconds)
+        if ceiling:
+            profiled = [convolution_seconds(sides["ptmz eager"]) for _ in range(args.repeats)]
+            convolutions = statistics.median(profiled)
         ref = statistics.median(times["reference"])
         print(f"{width:>5}  {ref:>17.3f}", end="")
         for name in ours:
             seconds = statistics.median(times[name])
             print(f"  {seconds:>21.3f}  {ref / seconds:>7.2f}x", end="")
-        print()
+        print(f"  {convolutions:>20.3f}  {ref / convolutions:>7.2f}x" if ceiling else "")
 
 
 if __name__ == "__main__":
