@@ -35,7 +35,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """`obj` as JSON, its non-finite floats as null (JSON has no NaN: see `finite_or_none`)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | Path) -> Any:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ptmz.data import Augment
+from ptmz.io import write_json
 from ptmz.landscape.paths import (
     CurveSettings,
     PathData,
@@ -44,6 +48,19 @@ def test_mode_connectivity_on_constructed_errors(values, mc, interior):
 def test_barrier_is_max_minus_endpoint_mean():
     assert barrier([0.1, 0.6, 0.3]) == pytest.approx(0.4)
     assert barrier([0.1, 0.2, 0.3]) == pytest.approx(0.1)  # monotone: the far end
+
+
+@pytest.mark.parametrize(
+    "values", [[0.01, math.nan, math.nan, 0.02], [math.nan, 0.5, 0.02], [0.1, math.inf, 0.1]]
+)
+def test_a_diverged_path_has_no_mc_and_no_barrier(values, tmp_path):
+    """Not the mc of its finite points: a curve whose middle diverged is not connected."""
+    assert math.isnan(mode_connectivity(values))
+    assert math.isnan(mode_connectivity(values, interior=True))
+    assert math.isnan(barrier(values))
+    write_json(tmp_path / "r.json", {"mc": mode_connectivity(values), "path": values})
+    stored = json.loads((tmp_path / "r.json").read_text())  # valid JSON: null, not NaN
+    assert stored["mc"] is None and None in stored["path"]
 
 
 def test_lr_is_a_function_of_progress_not_compounded():

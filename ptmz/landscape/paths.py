@@ -16,6 +16,7 @@ Definitions (E(t) = loss or error at t, m = (E(0) + E(1)) / 2):
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -37,8 +38,10 @@ def mode_connectivity(values: Sequence[float], interior: bool = False, tol: floa
     Deviations within `tol` of the largest count as ties and the first evaluated t wins, as an
     argmax does: on a monotone path both ends deviate equally, and without the tolerance float
     rounding would pick the sign. Such a path gets mc = (E(1) - E(0)) / 2; `interior=True`
-    looks only between the ends.
+    looks only between the ends. A path with a non-finite E(t) (diverged) has no mc: NaN.
     """
+    if not all(math.isfinite(e) for e in values):
+        return math.nan
     mean_ends = (values[0] + values[-1]) / 2
     candidates = values[1:-1] if interior else values
     deviations = [abs(e - mean_ends) for e in candidates]
@@ -48,7 +51,9 @@ def mode_connectivity(values: Sequence[float], interior: bool = False, tol: floa
 
 
 def barrier(values: Sequence[float]) -> float:
-    """max_t E(t) - (E(0) + E(1)) / 2."""
+    """max_t E(t) - (E(0) + E(1)) / 2; NaN for a path with a non-finite E(t)."""
+    if not all(math.isfinite(e) for e in values):
+        return math.nan
     return max(values) - (values[0] + values[-1]) / 2
 
 
