@@ -61,6 +61,10 @@ def test_digits_vit_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, con
         assert run_task(config(f"task={task}", f"population={zoo}", "progress=false"))["computed"]
     with pytest.raises(PtmzError, match=r"alignment: ViT applies .* derived only"):
         run_task(config("task=average_seeds", f"population={zoo}"))
+    finetune = ("task=finetune", f"population={zoo}", "task.epochs=1", "progress=false")
+    assert run_task(config(*finetune, "task.alphas=[0,1]"))["computed"] == 2
+    with pytest.raises(ConfigError, match=r"task.target='mnist' .*1-channel images of 8x8"):
+        run_task(config(*finetune, "task.target=mnist"))  # 28x28: the ViT has 8x8 positions
 
 
 def test_warmup_cosine_schedule_follows_its_formula():

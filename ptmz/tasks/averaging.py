@@ -23,7 +23,8 @@ from ptmz.averaging import (
 )
 from ptmz.averaging.align import METHODS
 from ptmz.data import DeviceLoader, ImageDataset, load_dataset
-from ptmz.errors import ConfigError
+from ptmz.data.datasets import INPUT_SHAPES
+from ptmz.errors import ConfigError, choose
 from ptmz.objectives import classification_only
 from ptmz.tasks.pairs import grid_point_task
 from ptmz.tasks.population import (
@@ -158,22 +159,24 @@ def finetune_run(cfg: DictConfig) -> dict[str, int]:
         )
     recipe = Recipe(optimizer="sgd", schedule="cosine", weight_decay=t.weight_decay)
 
+    target_name = t.target or ws.population.dataset
+
     @functools.cache
     def target_data() -> ImageDataset:  # loaded once, and only if a run needs computing
-        if not t.target or t.target == ws.population.dataset:
+        if target_name == ws.population.dataset:
             return ws.data
-        return load_dataset(t.target, cfg.data_root, cfg.dataset.download)
+        return load_dataset(target_name, cfg.data_root, cfg.dataset.download)
 
     def compute(run: Run, epoch: int) -> dict[str, Any]:
+        channels, size = INPUT_SHAPES[ws.population.dataset]
+        fixed_size = run.config.get("model") == "vit"  # its position embedding has one size
+        target_channels, target_size = choose("task.target", target_name, INPUT_SHAPES)
+        if target_channels != channels or (fixed_size and target_size != size):
+            pixels = f" of {size}x{size} pixels (a ViT's)" if fixed_size else ""
+            allowed = f"a dataset of {channels}-channel images{pixels}, as {ws.population.dataset}"
+            raise ConfigError("task.target", t.target, allowed)
         target = target_data()
         model = run.load_model(epoch).to(ws.device)
-        zoo_channels = next(model.parameters()).shape[1]
-        if target.in_channels != zoo_channels:
-            raise ConfigError(
-                "task.target",
-                t.target,
-                f"a dataset with {zoo_channels} input channel(s), as the zoo",
-            )
 
         def loader(split, batch_size, **shuffle) -> DeviceLoader:
             return DeviceLoader(split, batch_size, target.mean, target.std, ws.device, **shuffle)
