@@ -335,3 +335,14 @@ def test_the_accuracy_predictor_example_runs_on_an_export(exported):
     assert re.search(
         r"mean absolute error: \d\.\d{3} \(predicting the mean: \d\.\d{3}\)", done.stdout
     )
+
+
+def test_the_card_defines_the_columns_ptmz_computes():
+    from ptmz.zoo.card import _definitions
+
+    ours = ["hessian.train.trace_stderr", "hessian_published.test.eigen_iterations"]
+    ours += ["hessian.train.trace_probes", "cka.mean.logits", "cka.mean.layer1"]
+    lines = _definitions(pd.DataFrame({c: [1.0] for c in ours}))
+    assert not any("not defined by ptmz" in line for line in lines), lines
+    (line,) = _definitions(pd.DataFrame({"ggap": [0.1]}))  # a published zoo's own column
+    assert line == "- `ggap`: as stored by the source zoo; not defined by ptmz."

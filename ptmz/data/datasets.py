@@ -66,7 +66,7 @@ def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], o
     except RuntimeError as missing:
         if not download:
             raise DatasetNotFound(
-                name, root, "Download it (download=true) or copy torchvision's files there."
+                name, root, "Download it (dataset.download=true) or copy torchvision's files there."
             ) from missing
     try:
         return make(True)

@@ -42,10 +42,16 @@ DEFINITIONS = (
         "(with trace_stderr, its standard error, and trace_probes)",
     ),
     (
+        r"hessian(_published)?\.\w+\.(trace_stderr|trace_probes|eigen_iterations)",
+        "the trace's standard error over its probes, their count, and the Lanczos steps "
+        "spent on the eigenvalues",
+    ),
+    (
         r"cka\.mean\.logits",
         "linear CKA between the logits of two seeds of the grid point on "
         "the same test inputs, mean over seed pairs: 1 = the same function up to scale",
     ),
+    (r"cka\.mean\.(?!logits$)\S+", "the same CKA between the named layers' outputs"),
     (
         r"curve\.mean\.mc_\w+",
         "mode connectivity of a trained quadratic Bezier curve between two "
