@@ -161,13 +161,42 @@ def test_average_seeds_task(config, digits_population, tmp_path):
     results = [json.loads(f.read_text()) for f in population.rglob("average_seeds_epoch_0003.json")]
     (pair,) = [r for r in results if r["applicable"]]
     runs = [r for r in Population(population).runs if r.name in pair["inputs"]["runs"]]
-    individual = sum(r.records[-1]["test_acc"] for r in runs) / 2  # measured during training
+    individual = sum(recalibrated_test_acc(r.load_model(3)) for r in runs) / 2
     assert pair["individual_mean"]["test_acc"] == pytest.approx(individual)
     for name in ("unaligned", "aligned"):
         delta = pair[name]["test_acc"] - individual
         assert pair[name]["delta_test_acc"] == pytest.approx(delta)
     with pytest.raises(ConfigError, match="task.method='permute' is not allowed"):
         run_task(config(*args, "task.method=permute"))
+
+
+def recalibrated_test_acc(model: nn.Module) -> float:
+    """A digits model's test accuracy with its BN statistics recomputed on the training set."""
+    data, cpu = load_dataset("digits"), torch.device("cpu")
+    recalibrate_bn(model, DeviceLoader(data.train, 512, data.mean, data.std, cpu))
+    return evaluate(model, DeviceLoader(data.test, 512, data.mean, data.std, cpu))[1]
+
+
+def test_averages_of_one_model_change_nothing(config, digits_population, tmp_path):
+    """The average of one checkpoint, or of two seeds with the same weights, is that model:
+    every delta is exactly 0, recomputed BN statistics and all."""
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    seed0, seed1 = [r for r in Population(population).runs if r.name.startswith("w4_bs32")]
+    weights = seed0.path / "checkpoints" / "epoch_0003.safetensors"
+    shutil.copy(weights, seed1.path / "checkpoints" / "epoch_0003.safetensors")
+    run_task(config("task=average_epochs", f"population={population}", "task.last=1"))
+    run_task(config("task=average_seeds", f"population={population}", "task.samples=256"))
+    results = [json.loads(f.read_text()) for f in population.rglob("average_*_epoch_0003.json")]
+    deltas = [
+        v
+        for r in results
+        for part in (r, r.get("aligned"), r.get("unaligned"))
+        if part
+        for k, v in part.items()
+        if k.startswith("delta_")
+    ]
+    assert len(deltas) == 3 * 4 + 2 * 4  # 3 runs, 1 pair of seeds; 4 metrics each
+    assert deltas == [0.0] * len(deltas)
 
 
 def test_finetune_task_on_the_zoo_dataset(config, digits_population, tmp_path):

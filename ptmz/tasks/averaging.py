@@ -61,6 +61,14 @@ def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]
     return out
 
 
+def measure_recalibrated(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]:
+    """`measure` once the model's BN statistics are recomputed (in place) on the run's training
+    data. Averaged and pruned models need it; the models they are compared with get it too, so
+    a delta is the averaging's or pruning's, not the recalibration's."""
+    recalibrate_bn(model, ws.loader(ws.train_split(run), 512))
+    return measure(ws, model, run)
+
+
 def average_epochs(cfg: DictConfig) -> dict[str, int]:
     if cfg.epoch is not None:
         allowed = "null for task=average_epochs: name its checkpoints with task.epochs=[...]"
@@ -70,11 +78,10 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
 
     def compute(run: Run) -> dict[str, Any]:
         epochs = averaged_epochs(run, t.epochs, t.last)
-        final = measure(ws, run.load_model(epochs[-1]).to(ws.device), run)
+        final = measure_recalibrated(ws, run.load_model(epochs[-1]).to(ws.device), run)
         averaged = run.load_model(epochs[-1])
         averaged.load_state_dict(average_states([run.state_dict(e) for e in epochs]))
-        averaged = recalibrate_bn(averaged.to(ws.device), ws.loader(ws.train_split(run), 512))
-        metrics = measure(ws, averaged, run)
+        metrics = measure_recalibrated(ws, averaged.to(ws.device), run)
         deltas = {f"delta_{k}": metrics[k] - final[k] for k in metrics}
         return {"averaged": metrics, "final": final, **deltas}
 
@@ -108,13 +115,10 @@ def prune(cfg: DictConfig) -> dict[str, int]:
     def compute(run: Run, epoch: int) -> dict[str, Any]:
         state, model = run.state_dict(epoch), run.load_model(epoch).to(ws.device)
         keys, out = prunable(model), {"unpruned": measure(ws, model, run), "sparsity": {}}
-        bn_data = ws.loader(ws.train_split(run), 512)
-        # every sparsity's BN statistics are recomputed: so are the baseline's they compare with
-        out["unpruned_recalibrated"] = measure(ws, recalibrate_bn(model, bn_data), run)
+        out["unpruned_recalibrated"] = measure_recalibrated(ws, model, run)
         for sparsity in cfg.task.sparsities:
             model.load_state_dict(magnitude_prune(state, sparsity, keys))
-            recalibrate_bn(model, bn_data)
-            out["sparsity"][str(sparsity)] = measure(ws, model, run)
+            out["sparsity"][str(sparsity)] = measure_recalibrated(ws, model, run)
         return out
 
     return per_run_task(cfg, ws, "prune", compute)
@@ -127,8 +131,10 @@ def average_seeds(cfg: DictConfig) -> dict[str, int]:
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
         models = [r.load_model(epoch).to(ws.device) for r in runs]
-        individual = mean_over([measure(ws, m, r) for m, r in zip(models, runs, strict=True)])
-        states = [m.state_dict() for m in models]
+        states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+        individual = mean_over(
+            [measure_recalibrated(ws, m, r) for m, r in zip(models, runs, strict=True)]
+        )
         model = copy.deepcopy(models[0])  # loaded with the averages; `states` stay untouched
         train = ws.train_split(runs[0])  # the seeds of a grid point share their training data
         inputs = [x for x, _ in ws.loader(train, 256, t.samples)]
@@ -138,8 +144,7 @@ def average_seeds(cfg: DictConfig) -> dict[str, int]:
         out: dict[str, Any] = {"individual_mean": individual}
         for name, members in (("unaligned", states), ("aligned", aligned)):
             model.load_state_dict(average_states(members))
-            recalibrate_bn(model, ws.loader(train, 512))
-            metrics = measure(ws, model, runs[0])
+            metrics = measure_recalibrated(ws, model, runs[0])
             out[name] = {**metrics, **{f"delta_{k}": metrics[k] - individual[k] for k in metrics}}
         return out
 
