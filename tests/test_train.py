@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import json
 import re
 import signal
@@ -15,6 +17,7 @@ import ptmz.objectives
 import ptmz.train.run
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.errors import PtmzError
 from ptmz.objectives import cross_entropy
 from ptmz.train import RunSpec, train_run
 from ptmz.train.loop import model_gradients, prepare_model
@@ -222,7 +225,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_run_held_by_another_process_is_not_trained_twice(tmp_path):
-    spec = RunSpec(out_dir=str(tmp_path), **{**TINY, "batch_size": 16})
+    spec = RunSpec(out_dir=str(tmp_path), **{**TINY, "batch_size": 16, "checkpoints": 2})
     holder = popen_launch(  # the spec's published recipe: the same run id
         f"out_dir={tmp_path}", "width=2", "batch_size=16", "epochs=3", "recipe=published"
     )
@@ -232,8 +235,19 @@ def test_run_held_by_another_process_is_not_trained_twice(tmp_path):
         assert holder.poll() is None and time.time() < deadline
         time.sleep(0.02)
     assert train_run(spec) == "running"  # skipped: the other process holds the lock
+    assert run.config["checkpoints"] == 1  # the holder's config, not this launch's
     assert holder.wait(timeout=240) == 0
     assert run.state == "done" and train_run(spec) == "done"
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    spec = RunSpec(out_dir=str(tmp_path), **TINY)
+    with pytest.raises(PtmzError, match=r"cannot lock the run .*No locks available.*flock"):
+        train_run(spec)
 
 
 def test_a_new_checkpoint_schedule_on_resume_keeps_earlier_checkpoints(tmp_path):

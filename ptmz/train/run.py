@@ -260,11 +260,11 @@ def _train_locked(
         with ExitStack() as locks:
             mine = []
             for spec, run in todo:
-                run.create(spec.to_dict())
                 if not locks.enter_context(run.lock()):
                     log.warning("%s: another process is training this run, skipped", run.path)
                     held_elsewhere.add(run.path)
                 elif run.state not in FINISHED:  # it may have finished while we loaded data
+                    run.create(spec.to_dict())  # under the lock: never over a running one's
                     mine.append((spec, run))
             try:
                 trainees = []

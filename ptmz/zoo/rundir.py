@@ -56,12 +56,18 @@ class RunDir:
 
         The kernel drops the lock when its holder dies, so a killed run never blocks its resume.
         """
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / ".lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
+            except OSError as error:  # ENOLCK, ENOSYS: a file system without working locks
+                raise PtmzError(
+                    f"{self.path}: cannot lock the run ({error}); put out_dir on a file system "
+                    "with flock (on NFS: mounted with locking)"
+                ) from error
             try:
                 yield True
             finally:
