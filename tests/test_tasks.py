@@ -93,6 +93,30 @@ def test_bad_task_settings_are_named_before_any_work(config, digits_population, 
     assert sorted(digits_population.rglob("*")) == before  # nothing computed, nothing written
 
 
+def test_a_run_that_cannot_be_measured_costs_its_own_result_only(config, population):
+    """One run without the epoch asked for: the others are measured, then its error raised."""
+    from ptmz.errors import ConfigError
+
+    runs = Population(population).runs
+    for file in runs[0].path.rglob("*"):  # epoch 2's weights, in either format
+        if file.is_file() and ("0002" in file.name or "checkpoint_000002" in str(file)):
+            file.unlink()
+    assert 2 not in runs[0].checkpoint_epochs and 2 in runs[1].checkpoint_epochs
+    with pytest.raises(ConfigError, match=rf"epoch=2 .*{runs[0].path}"):
+        run_task(config("task=hessian", f"population={population}", "epoch=2", *FAST["hessian"]))
+    assert len(results(population, "hessian")) == len(runs) - 1
+
+
+def test_published_trials_without_checkpoints_are_left_out(published_population, tmp_path):
+    population = shutil.copytree(published_population, tmp_path / "zoo")
+    trial = Population(population).runs[0].path
+    for checkpoint in trial.glob("checkpoint_*"):
+        shutil.rmtree(checkpoint)
+    opened = Population(population)
+    assert trial not in [r.path for r in opened.runs]
+    assert (trial, "no checkpoints") in opened.unfinished
+
+
 def test_named_epochs_are_averaged_in_order(config, population):
     args = ["task=average_epochs", f"population={population}", "task.epochs=[3,1]"]
     assert run_task(config(*args))["computed"] == len(Population(population).runs)

@@ -28,7 +28,7 @@ from ptmz.data import (
     load_dataset,
     stratified_subset,
 )
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, PtmzError
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -133,7 +133,7 @@ def common_epoch(runs: Sequence[Run], epoch: int | None) -> int:
 def seed_pairs(runs: Sequence[Run], which: str) -> list[tuple[Run, Run]]:
     pairs = list(itertools.combinations(runs, 2))
     if which not in ("first", "all"):
-        raise ConfigError("task.pairs", which, "first (seeds 0 and 1 only) or all")
+        raise ConfigError("task.pairs", which, "first (the two lowest seeds only) or all")
     return pairs[:1] if which == "first" else pairs
 
 
@@ -151,24 +151,45 @@ def run_units(
     overwrite: bool,
 ) -> dict[str, int]:
     """Compute and store every unit's result unless its file already holds one computed from
-    the same inputs (runs, epoch, settings); `overwrite` recomputes them all."""
-    counts = {"computed": 0, "skipped": 0}
+    the same inputs (runs, epoch, settings); `overwrite` recomputes them all.
+
+    A unit that cannot be measured (a run without the epoch asked for, say) is logged and
+    passed over, so that one bad run costs its own result only; the first such error is raised
+    once every other unit is done."""
+    counts, failed = {"computed": 0, "skipped": 0}, []
     for unit in units:
-        path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
-        if path.exists() and not overwrite:
-            if read_json(path).get("inputs") == expected:
-                counts["skipped"] += 1
-                continue
-            log.warning("%s was computed from other inputs: recomputing", path)
-        began = time.perf_counter()
-        result = {"inputs": expected, **compute(unit)}
-        result["seconds"] = time.perf_counter() - began
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, result)
-        counts["computed"] += 1
-        log.info("wrote %s (%.1f s)", path, result["seconds"])
+        try:
+            counts[_run_unit(unit, target, inputs, compute, overwrite)] += 1
+        except PtmzError as error:
+            log.error("left out: %s", error)
+            failed.append(error)
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
+    if failed:
+        log.error("%d of %d units failed (above); raising the first", len(failed), len(units))
+        raise failed[0]
     return counts
+
+
+def _run_unit(
+    unit: Unit,
+    target: Callable[[Unit], Path],
+    inputs: Callable[[Unit], dict[str, Any]],
+    compute: Callable[[Unit], dict[str, Any]],
+    overwrite: bool,
+) -> str:
+    """Compute and store one unit's result, or skip it: "computed" or "skipped"."""
+    path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
+    if path.exists() and not overwrite:
+        if read_json(path).get("inputs") == expected:
+            return "skipped"
+        log.warning("%s was computed from other inputs: recomputing", path)
+    began = time.perf_counter()
+    result = {"inputs": expected, **compute(unit)}
+    result["seconds"] = time.perf_counter() - began
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    log.info("wrote %s (%.1f s)", path, result["seconds"])
+    return "computed"
 
 
 def per_run_task(

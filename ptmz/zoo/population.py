@@ -199,8 +199,8 @@ def _published_run(path: Path, dataset: str | None) -> Run:
 @dataclass
 class Population:
     """All finished runs under `path` (any depth), grouped into grid points that differ only by
-    seed. ptmz runs that are not `done` (running, failed, diverged) are left out and listed in
-    `unfinished` as (path, state).
+    seed. ptmz runs that are not `done` (running, failed, diverged) and published trials without
+    checkpoints are left out and listed in `unfinished` as (path, state).
 
     `dataset` names the dataset of published runs whose params do not say it; ptmz runs
     always carry theirs.
@@ -218,9 +218,12 @@ class Population:
         found = [RunDir(p.parent) for p in sorted(self.path.rglob("config.json"))]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
         runs = [_ptmz_run(d.path) for d in found if d.state == "done"]
-        runs += [
-            _published_run(p.parent, self.dataset) for p in sorted(self.path.rglob("params.json"))
+        trials = sorted(self.path.rglob("params.json"))
+        published = [_published_run(p.parent, self.dataset) for p in trials]
+        self.unfinished += [
+            (r.path, "no checkpoints") for r in published if not r.checkpoint_epochs
         ]
+        runs += [r for r in published if r.checkpoint_epochs]
         if not runs:
             raise ConfigError(
                 "population",
