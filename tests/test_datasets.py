@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from PIL import Image
@@ -97,3 +101,30 @@ def test_stratified_subset():
     assert len(index.unique()) == len(index)
     assert torch.equal(stratified_subset(labels, 1.0, seed=0), torch.arange(1000))
     assert torch.bincount(labels[stratified_subset(labels, 0.001, seed=0)]).min() == 1
+
+
+def test_jobs_starting_on_a_fresh_data_root_download_once(tmp_path):
+    """Four jobs find no dataset at once: one downloads, the others wait and open its files
+    (flock excludes separate opens of the lock file, threads as well as processes)."""
+    from ptmz.data.datasets import _torchvision
+
+    downloads, active, most, count = [], [0], [0], threading.Lock()
+
+    def make(download: bool) -> str:
+        if not download:
+            if not downloads:
+                raise RuntimeError("Dataset not found or corrupted.")
+            return "opened"
+        with count:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.3)
+        downloads.append(True)
+        with count:
+            active[0] -= 1
+        return "downloaded"
+
+    with ThreadPoolExecutor(4) as jobs:
+        opened = list(jobs.map(lambda _: _torchvision("cifar10", tmp_path, True, make), range(4)))
+    assert len(downloads) == 1 and most[0] == 1
+    assert sorted(opened) == ["downloaded", "opened", "opened", "opened"]

@@ -6,6 +6,7 @@ whole training set on the training device and augment whole batches at once.
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,10 @@ def _split(images: np.ndarray | torch.Tensor, labels, channels_last: bool = Fals
 
 
 def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], object]):
-    """Open a torchvision dataset; a missing one becomes a DatasetNotFound naming the path."""
+    """Open a torchvision dataset; a missing one becomes a DatasetNotFound naming the path.
+
+    Jobs starting together on a fresh data_root (an array of them on a cluster) download one
+    at a time, under a lock file in data_root: the others then find the files in place."""
     try:
         return make(False)
     except RuntimeError as missing:
@@ -69,7 +73,13 @@ def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], o
                 name, root, "Download it (dataset.download=true) or copy torchvision's files there."
             ) from missing
     try:
-        return make(True)
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{name}.download.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            try:
+                return make(False)  # fetched by another job while this one waited
+            except RuntimeError:
+                return make(True)
     except Exception as failed:  # network errors come in many types (URLError, OSError, ...)
         raise DatasetNotFound(
             name,
