@@ -3,6 +3,7 @@ real files, and a small GPT zoo through training, the landscape tasks and the pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -16,6 +17,7 @@ from ptmz.errors import ConfigError, PtmzError
 from ptmz.models import build_model
 from ptmz.models.vit import Block
 from ptmz.tasks import run_task
+from ptmz.tasks.train import spec_from_config
 from ptmz.zoo import RunDir
 
 from conftest import landscape_tasks, small_zoo
@@ -83,6 +85,16 @@ def test_corpus_from_a_file_or_a_folder(tmp_path):
         load_dataset("text", tmp_path / "small", download=False)
 
 
+def test_the_corpus_is_part_of_a_text_runs_identity(tmp_path, config):
+    default = spec_from_config(config("zoo=gpt_text", f"data_root={tmp_path}"))
+    assert default.corpus is None and "corpus" not in default.identity  # the ids of before
+    text = b"another corpus\n" * 500
+    (tmp_path / "text.txt").write_bytes(text)
+    other = spec_from_config(config("zoo=gpt_text", f"data_root={tmp_path}"))
+    assert other.corpus == hashlib.sha256(text).hexdigest()[:16]
+    assert other.run_id != default.run_id  # not taken for the runs on the generated corpus
+
+
 def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
     zoo = small_zoo(tmp_path, "gpt_text", "width=16", "batch_size=64", "seed=0,1", "epochs=1")
     runs = sorted(zoo.glob("w16_bs64_s*"))
@@ -105,3 +117,8 @@ def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
     assert "ensemble_gain_ppl" in pair
     with pytest.raises(ConfigError, match="task='finetune'.*ppl, not accuracy.*any but finetune"):
         run_task(config("task=finetune", f"population={zoo}"))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "text.txt").write_bytes(b"not what the zoo read\n" * 500)
+    elsewhere = (f"population={zoo}", f"data_root={tmp_path / 'corpus'}")
+    with pytest.raises(ConfigError, match=r"data_root=.*the generated corpus\); it holds corpus"):
+        run_task(config("task=hessian", *elsewhere))

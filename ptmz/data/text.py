@@ -12,6 +12,7 @@ next-token targets.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,24 @@ def arithmetic(lines: int = 10_000, seed: int = 0) -> bytes:
 
 
 def read_corpus(root: Path) -> bytes:
+    return _user_corpus(root) or arithmetic()
+
+
+def _user_corpus(root: Path) -> bytes | None:
     if (root / "text.txt").is_file():
         return (root / "text.txt").read_bytes()
     if (root / "text").is_dir():
         files = sorted(p for p in (root / "text").rglob("*") if p.is_file())
         return b"".join(p.read_bytes() for p in files)
-    return arithmetic()
+    return None
+
+
+def corpus_id(root: str | Path) -> str | None:
+    """What names the corpus under `root` in a run's identity: None for the generated default
+    (so runs on it keep the ids they had before corpora were told apart), else the first 16
+    hex digits of the SHA-256 of its bytes."""
+    corpus = _user_corpus(Path(root).expanduser().resolve())
+    return None if corpus is None else hashlib.sha256(corpus).hexdigest()[:16]
 
 
 def windows(tokens: torch.Tensor) -> Split:

@@ -28,6 +28,7 @@ from ptmz.data import (
     load_dataset,
     stratified_subset,
 )
+from ptmz.data.text import corpus_id
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
@@ -75,7 +76,24 @@ class Workspace:
 
     @cached_property
     def data(self) -> ImageDataset:
+        if self.population.dataset == "text":
+            self._check_corpus()
         return load_dataset(self.population.dataset, self.cfg.data_root, self.cfg.dataset.download)
+
+    def _check_corpus(self) -> None:
+        """A language zoo is measured on the corpus it trained on, not whatever data_root holds."""
+        trained = {run.config.get("corpus") for run in self.population.runs}
+        here = corpus_id(self.cfg.data_root)
+        if trained != {here}:
+            named = [
+                f"corpus {c}" if c else "the generated corpus" for c in sorted(trained, key=str)
+            ]
+            raise ConfigError(
+                "data_root",
+                self.cfg.data_root,
+                f"the folder holding what the zoo trained on ({', '.join(named)}); it holds "
+                + (f"corpus {here}" if here else "no corpus, so the generated one"),
+            )
 
     def objective(self, run: Run) -> Objective:
         """What `run` was trained on: its loss and metric (published runs are classifiers)."""

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ptmz.data.text import corpus_id
 from ptmz.errors import ConfigError
 from ptmz.train import RunSpec, train_run, train_together
 from ptmz.train.at_once import MAX_CUDA_WORKERS, at_once
@@ -47,6 +48,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
             download=cfg.dataset.download,
             model=cfg.model.name,
             recipe=OmegaConf.to_container(cfg.recipe, resolve=True),
+            corpus=corpus_id(cfg.data_root) if cfg.dataset.name == "text" else None,
             **{
                 k: OmegaConf.to_object(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in RUN_KEYS

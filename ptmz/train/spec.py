@@ -53,6 +53,7 @@ class RunSpec:
     precision: str = "fp32"  # bf16: the training step under bf16 autocast
     eval_precision: str = "fp32"  # bf16: the epochs' evaluations under bf16 autocast
     beta: float | None = None  # the convection coefficient (dataset=convection only)
+    corpus: str | None = None  # dataset=text: its corpus (`corpus_id`); None: the generated one
 
     out_dir: str = "zoos"
     data_root: str = "data"
@@ -100,6 +101,8 @@ class RunSpec:
             if self.dataset == "convection" and getattr(self, key) != "fp32":
                 why = "its derivatives and relative errors are finer than bf16 resolves"
                 raise ConfigError(key, getattr(self, key), f"fp32 for dataset=convection ({why})")
+        if self.corpus is not None and self.dataset != "text":
+            raise ConfigError("corpus", self.corpus, "null (dataset=text only)")
         if self.beta is not None:
             _check_number("beta", self.beta, "a number >= 0", lambda v: v >= 0)
         _check_number("lr", self.lr, "a positive number", lambda v: v > 0)
@@ -183,7 +186,7 @@ class RunSpec:
 
 # Keys added after zoos existed, with the value that means "as before": left out of every hash,
 # so older runs keep their ids and grid points.
-LATER_DEFAULTS = {"precision": "fp32", "eval_precision": "fp32", "beta": None}
+LATER_DEFAULTS = {"precision": "fp32", "eval_precision": "fp32", "beta": None, "corpus": None}
 
 
 def without_later_defaults(values: dict[str, Any]) -> dict[str, Any]:
