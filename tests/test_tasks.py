@@ -82,15 +82,22 @@ def test_an_epoch_that_was_not_checkpointed_is_named(config, population):
         (["task=interpolate", "task.points=1"], r"task.points=1 .*an integer >= 3"),
         (["task=hessian", "task.splits=[val]"], r"task.splits=\['val'\] .*a list of train, test"),
         (["task=average_epochs", "epoch=3"], r"epoch=3 .*null for task=average_epochs"),
+        (
+            ["task=cka", "task.samples=130", "task.batch_size=128"],
+            r"task.batch_size=128 .*at least 4 of the 130 test inputs.*the last one holds 2",
+        ),
     ],
 )
-def test_bad_task_settings_are_named_before_any_work(config, digits_population, args, match):
+def test_bad_task_settings_are_named_before_any_work(
+    config, digits_population, tmp_path, args, match
+):
     from ptmz.errors import ConfigError
 
-    before = sorted(digits_population.rglob("*"))
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
     with pytest.raises(ConfigError, match=match):
-        run_task(config(*args, f"population={digits_population}"))
-    assert sorted(digits_population.rglob("*")) == before  # nothing computed, nothing written
+        run_task(config(*args, f"population={population}"))
+    written = [json.loads(f.read_text()) for f in population.rglob("landscape/**/*.json")]
+    assert not [r for r in written if r.get("applicable", True)]  # nothing measured
 
 
 def test_a_run_that_cannot_be_measured_costs_its_own_result_only(config, population):

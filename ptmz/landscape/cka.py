@@ -206,10 +206,16 @@ def _check_grams(kx: Tensor, ky: Tensor, unbiased: bool) -> None:
     if kx.shape != (n, n) or ky.shape != kx.shape:
         allowed = "two n x n Gram matrices of the same shape"
         raise ConfigError("gram shapes", (tuple(kx.shape), tuple(ky.shape)), allowed)
-    minimum = 4 if unbiased else 2
-    if n < minimum:
+    if n < min_inputs(unbiased):
         estimator = "unbiased" if unbiased else "biased"
-        raise ConfigError("batch size", n, f"at least {minimum} inputs for the {estimator} HSIC")
+        raise ConfigError(
+            "batch size", n, f"at least {min_inputs(unbiased)} inputs for the {estimator} HSIC"
+        )
+
+
+def min_inputs(unbiased: bool) -> int:
+    """The fewest inputs in a batch the (un)biased HSIC is defined on."""
+    return 4 if unbiased else 2
 
 
 def _biased_hsic(kx: Tensor, ky: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ptmz.landscape.cka import mean_pairwise_cka
+from ptmz.errors import ConfigError
+from ptmz.landscape.cka import mean_pairwise_cka, min_inputs
 from ptmz.landscape.paths import (
     CurveSettings,
     PathData,
@@ -85,9 +86,19 @@ def cka(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
 
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
+        loader = ws.loader(ws.data.test, t.batch_size, t.samples)
+        smallest = min(batch.stop - batch.start for batch in loader.batches())
+        if smallest < min_inputs(t.unbiased):
+            raise ConfigError(
+                "task.batch_size",
+                t.batch_size,
+                f"batches of at least {min_inputs(t.unbiased)} of the {len(loader.labels)} test "
+                f"inputs (task.samples={t.samples}, task.unbiased={t.unbiased}); "
+                f"the last one holds {smallest}",
+            )
         models = [r.load_model(epoch).to(ws.device) for r in runs]
         objective = ws.objective(runs[0])
-        batches = [objective.inputs(x) for x, _ in ws.loader(ws.data.test, t.batch_size, t.samples)]
+        batches = [objective.inputs(x) for x, _ in loader]
         return mean_pairwise_cka(
             models, batches, layers=list(t.layers) or None, unbiased=t.unbiased
         )
