@@ -6,7 +6,7 @@ Per grid point (width w, batch size b), on synthetic data of the zoo dataset's s
   recipe's augmentation, the recipe's optimizer and schedule), after warm-up;
 - t_eval(w): seconds per sample of evaluation (`evaluate`, batches of 1024), timed in fp32 and
   bf16 and projected in --eval-precision.
-A run costs epochs x (ceil(n_train / b) x t_step + (n_train + n_test) x t_eval), plus the
+A run costs epochs x (batches(n_train, b) x t_step + (n_train + n_test) x t_eval), plus the
 epoch-0 evaluation, with the dataset's real sizes. Batch sizes that were not timed get t_step
 by linear interpolation between the timed ones of the same width; widths that were not timed are
 left out and named. Assumes one run (or, with --together N, N seeds of a grid point as one
@@ -31,7 +31,6 @@ out, and the failures are named at the end (exit status 1): one point costs no o
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from hydra import compose, initialize_config_dir
 from train import STEPS, epoch_images, step_options, synchronize
 
 from ptmz.data import Augment, DeviceLoader, Split
+from ptmz.data.loader import batch_bounds
 from ptmz.models import build_model
 from ptmz.objectives import evaluate
 from ptmz.train.at_once import share_cores
@@ -265,14 +265,14 @@ def main() -> None:
         if width not in steps:
             continue
         for batch in grid["batch_size"]:
-            per_epoch = math.ceil(n_train / batch) * step_time(steps[width], batch)
+            per_epoch = len(batch_bounds(n_train, batch)) * step_time(steps[width], batch)
             per_epoch += (n_train + n_test) * evals[width]
             run = cfg.epochs * per_epoch + (n_train + n_test) * evals[width]
             per_width[width] = per_width.get(width, 0.0) + run * len(grid["seed"])
             timed = "" if batch in steps[width] else "  (fitted)"
             print(
                 f"{width:>6} {batch:>6} {1000 * step_time(steps[width], batch):>9.2f} "
-                f"{math.ceil(n_train / batch):>12} {run / 60:>9.2f}{timed}"
+                f"{len(batch_bounds(n_train, batch)):>12} {run / 60:>9.2f}{timed}"
             )
         total += per_width[width]
     missing = [w for w in grid["width"] if w not in steps]

@@ -18,6 +18,11 @@ class ConfigError(PtmzError, ValueError):
         return type(self), (self.key, self.value, self.allowed)
 
 
+class MissingCheckpoint(ConfigError):
+    """A run lacks the checkpoint asked for: an error of that run (or grid point) alone, which a
+    population task reports after measuring the others."""
+
+
 def choose(key: str, value: str, options: dict[str, Any]) -> Any:
     """Look `value` up in a registry, failing with the list of valid names."""
     if value not in options:

@@ -128,3 +128,15 @@ def test_jobs_starting_on_a_fresh_data_root_download_once(tmp_path):
         opened = list(jobs.map(lambda _: _torchvision("cifar10", tmp_path, True, make), range(4)))
     assert len(downloads) == 1 and most[0] == 1
     assert sorted(opened) == ["downloaded", "opened", "opened", "opened"]
+
+
+def test_a_data_root_without_file_locks_is_named(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(DatasetNotFound, match=r"No locks available.*file system with flock"):
+        load_dataset("mnist", tmp_path, download=True)

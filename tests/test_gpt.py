@@ -83,6 +83,9 @@ def test_corpus_from_a_file_or_a_folder(tmp_path):
     (tmp_path / "small" / "text.txt").write_bytes(b"too short")
     with pytest.raises(PtmzError, match="dataset=text: the corpus under .* has 9 bytes"):
         load_dataset("text", tmp_path / "small", download=False)
+    (tmp_path / "small" / "text.txt").write_bytes(b"")  # empty: not the generated default
+    with pytest.raises(PtmzError, match="dataset=text: the corpus under .* has 0 bytes"):
+        load_dataset("text", tmp_path / "small", download=False)
 
 
 def test_the_corpus_is_part_of_a_text_runs_identity(tmp_path, config):

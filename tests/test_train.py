@@ -17,6 +17,7 @@ import ptmz.objectives
 import ptmz.train.run
 from ptmz.data import Augment, DeviceLoader, Split
 from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.data.loader import batch_bounds
 from ptmz.errors import PtmzError
 from ptmz.objectives import cross_entropy
 from ptmz.train import RunSpec, train_run
@@ -115,6 +116,7 @@ def test_a_lone_last_sample_joins_the_batch_before_it(n, sizes):
     assert [len(y) for _, y in batches] == [len(x) for x, _ in batches] == sizes
     assert len(loader) == len(sizes)
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(n))
+    assert batch_bounds(3, 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # none to join
 
 
 def test_digits_subset_leaving_one_sample_trains(tmp_path):

@@ -7,7 +7,8 @@ whole training set on the training device and augment whole batches at once.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,21 +73,44 @@ def _torchvision(name: str, root: Path, download: bool, make: Callable[[bool], o
             raise DatasetNotFound(
                 name, root, "Download it (dataset.download=true) or copy torchvision's files there."
             ) from missing
+    with _download_lock(name, root):
+        try:
+            return make(False)  # fetched by another job while this one waited
+        except RuntimeError:
+            pass
+        try:
+            return make(True)
+        except Exception as failed:  # network errors come in many types (URLError, OSError, ...)
+            raise DatasetNotFound(
+                name,
+                root,
+                "The download failed: copy torchvision's files there by hand.",
+                reason=f"{type(failed).__name__}: {failed}",
+            ) from failed
+
+
+@contextmanager
+def _download_lock(name: str, root: Path) -> Iterator[None]:
+    """Hold `root`'s lock file for `name`'s download (released when the file closes)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with open(root / f".{name}.download.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            try:
-                return make(False)  # fetched by another job while this one waited
-            except RuntimeError:
-                return make(True)
-    except Exception as failed:  # network errors come in many types (URLError, OSError, ...)
+        lock = open(root / f".{name}.download.lock", "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as error:
         raise DatasetNotFound(
-            name,
-            root,
-            "The download failed: copy torchvision's files there by hand.",
-            reason=f"{type(failed).__name__}: {failed}",
-        ) from failed
+            name, root, "data_root must be a folder this job can write.", reason=str(error)
+        ) from error
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:  # ENOLCK, ENOSYS: a file system without working locks
+            raise DatasetNotFound(
+                name,
+                root,
+                "Download it into a data_root on a file system with flock (on NFS: "
+                "mounted with locking), or copy torchvision's files there.",
+                reason=str(error),
+            ) from error
+        yield
 
 
 Loader = Callable[[Path, bool], tuple[Split, Split]]

@@ -50,11 +50,7 @@ class DeviceLoader:
 
     def batches(self) -> list[slice]:
         """Where each batch of a pass lies in its order."""
-        n = len(self.labels)
-        starts = list(range(0, n, self.batch_size))
-        if len(starts) > 1 and n - starts[-1] == 1:
-            starts.pop()
-        return [slice(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
+        return batch_bounds(len(self.labels), self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return _passes([self])
@@ -80,6 +76,15 @@ class DeviceLoader:
         return (other.batch_size, other.augment) == (self.batch_size, self.augment) and all(
             _same(getattr(other, name), getattr(self, name)) for name in tensors
         )
+
+
+def batch_bounds(n: int, batch_size: int) -> list[slice]:
+    """The batches of a pass over n samples: `batch_size` each and a smaller last one, except
+    that a lone last sample joins the batch before it (see DeviceLoader)."""
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

@@ -33,7 +33,8 @@ def arithmetic(lines: int = 10_000, seed: int = 0) -> bytes:
 
 
 def read_corpus(root: Path) -> bytes:
-    return _user_corpus(root) or arithmetic()
+    corpus = _user_corpus(root)
+    return arithmetic() if corpus is None else corpus
 
 
 def _user_corpus(root: Path) -> bytes | None:

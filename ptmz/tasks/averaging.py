@@ -163,8 +163,14 @@ def finetune_run(cfg: DictConfig) -> dict[str, int]:
             "task.alphas", t.alphas, "mixing coefficients in [0, 1] including 0 and 1"
         )
     recipe = Recipe(optimizer="sgd", schedule="cosine", weight_decay=t.weight_decay)
-
     target_name = t.target or ws.population.dataset
+    channels, size = INPUT_SHAPES[ws.population.dataset]
+    fixed_size = any(run.config.get("model") == "vit" for run in ws.population.runs)
+    target_channels, target_size = choose("task.target", target_name, INPUT_SHAPES)
+    if target_channels != channels or (fixed_size and target_size != size):
+        pixels = f" of {size}x{size} pixels (a ViT's position embedding)" if fixed_size else ""
+        allowed = f"a dataset of {channels}-channel images{pixels}, as {ws.population.dataset}"
+        raise ConfigError("task.target", t.target, allowed)
 
     @functools.cache
     def target_data() -> ImageDataset:  # loaded once, and only if a run needs computing
@@ -173,13 +179,6 @@ def finetune_run(cfg: DictConfig) -> dict[str, int]:
         return load_dataset(target_name, cfg.data_root, cfg.dataset.download)
 
     def compute(run: Run, epoch: int) -> dict[str, Any]:
-        channels, size = INPUT_SHAPES[ws.population.dataset]
-        fixed_size = run.config.get("model") == "vit"  # its position embedding has one size
-        target_channels, target_size = choose("task.target", target_name, INPUT_SHAPES)
-        if target_channels != channels or (fixed_size and target_size != size):
-            pixels = f" of {size}x{size} pixels (a ViT's)" if fixed_size else ""
-            allowed = f"a dataset of {channels}-channel images{pixels}, as {ws.population.dataset}"
-            raise ConfigError("task.target", t.target, allowed)
         target = target_data()
         model = run.load_model(epoch).to(ws.device)
 

@@ -19,15 +19,14 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
     if not t.splits or not set(t.splits) <= set(SPLITS):
         raise ConfigError("task.splits", list(t.splits), f"a list of {', '.join(SPLITS)}")
     ws = Workspace(cfg)
+    objective = ws.objective(ws.population.runs[0])  # one dataset, so one objective
+    if not t.cache_graph and not isinstance(objective, Classification):
+        # batch by batch, the mean loss is a size-weighted sum of batch means: true of
+        # cross-entropy, not of the PINN's sum of per-kind means
+        raise ConfigError("task.cache_graph", False, f"true for dataset={ws.population.dataset}")
 
     def compute(run: Run, epoch: int) -> dict:
         objective = ws.objective(run)
-        if not t.cache_graph and not isinstance(objective, Classification):
-            # batch by batch, the mean loss is a size-weighted sum of batch means: true of
-            # cross-entropy, not of the PINN's sum of per-kind means
-            raise ConfigError(
-                "task.cache_graph", False, f"true for dataset={ws.population.dataset}"
-            )
         model = run.load_model(epoch).to(ws.device)
         splits = {"train": ws.train_split(run), "test": ws.data.test}
         out = {}

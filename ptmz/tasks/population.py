@@ -29,7 +29,7 @@ from ptmz.data import (
     stratified_subset,
 )
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, PtmzError
+from ptmz.errors import ConfigError, MissingCheckpoint
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -67,7 +67,7 @@ class Workspace:
             )
         population = Population(self.cfg.population, dataset=named_dataset(self.cfg))
         for path, state in population.unfinished:
-            log.warning("%s is %s: left out", path, state)
+            log.warning("%s (%s): left out", path, state)
         return population
 
     @cached_property
@@ -82,8 +82,11 @@ class Workspace:
 
     def _check_corpus(self) -> None:
         """A language zoo is measured on the corpus it trained on, not whatever data_root holds."""
-        trained = {run.config.get("corpus") for run in self.population.runs}
+        # configs written before corpora were told apart have no key: nothing to check them by
+        trained = {run.config["corpus"] for run in self.population.runs if "corpus" in run.config}
         here = corpus_id(self.cfg.data_root)
+        if not trained:
+            return
         if trained != {here}:
             named = [
                 f"corpus {c}" if c else "the generated corpus" for c in sorted(trained, key=str)
@@ -144,7 +147,9 @@ def common_epoch(runs: Sequence[Run], epoch: int | None) -> int:
         return [run.resolve_epoch(epoch) for run in runs][0]
     shared = set.intersection(*(set(run.checkpoint_epochs) for run in runs))
     if not shared:
-        raise ConfigError("epoch", epoch, f"runs {[r.name for r in runs]} share no checkpoint")
+        raise MissingCheckpoint(
+            "epoch", epoch, f"runs {[r.name for r in runs]} share no checkpoint"
+        )
     return max(shared)
 
 
@@ -171,14 +176,14 @@ def run_units(
     """Compute and store every unit's result unless its file already holds one computed from
     the same inputs (runs, epoch, settings); `overwrite` recomputes them all.
 
-    A unit that cannot be measured (a run without the epoch asked for, say) is logged and
-    passed over, so that one bad run costs its own result only; the first such error is raised
-    once every other unit is done."""
+    A unit whose runs lack the checkpoint asked for is logged and passed over, so that it costs
+    its own result only; the first such error is raised once every other unit is done. Any
+    other error (the data, the settings) concerns them all and stops the task at once."""
     counts, failed = {"computed": 0, "skipped": 0}, []
     for unit in units:
         try:
             counts[_run_unit(unit, target, inputs, compute, overwrite)] += 1
-        except PtmzError as error:
+        except MissingCheckpoint as error:
             log.error("left out: %s", error)
             failed.append(error)
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])

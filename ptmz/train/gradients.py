@@ -57,13 +57,13 @@ class GraphedGradients(Gradients):
     hundreds, so small models stop waiting on the host. The same kernels in the same order as
     the eager step, so the same numbers.
 
-    A graph is recorded the first time a batch shape is seen (an epoch's last, smaller batch
-    gets its own) and replays with the step's inputs copied into its static ones. Gradients
-    accumulate into the `.grad` tensors the first eager warm-up step made, zeroed inside the
-    graph, so the optimizer reads them where it always does (and a parameter the loss does not
-    use keeps None, so the optimizer skips it as it does eagerly). The warm-up steps before
-    recording update the `buffers` (batch-norm statistics and step counts), which are put back
-    afterwards: recording changes nothing a run keeps."""
+    A graph is recorded the first time a batch shape is seen (an epoch's last batch gets its own
+    when its size differs) and replays with the step's inputs copied into its static ones.
+    Gradients accumulate into the `.grad` tensors the first eager warm-up step made, zeroed
+    inside the graph, so the optimizer reads them where it always does (and a parameter the loss
+    does not use keeps None, so the optimizer skips it as it does eagerly). The warm-up steps
+    before recording update the `buffers` (batch-norm statistics and step counts), which are put
+    back afterwards: recording changes nothing a run keeps."""
 
     def __init__(
         self,

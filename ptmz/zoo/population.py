@@ -23,7 +23,7 @@ from torch import nn
 
 from ptmz.columns import GRID_KEYS
 from ptmz.data.datasets import DATASETS, INPUT_SHAPES
-from ptmz.errors import ConfigError, PtmzError
+from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
 from ptmz.models import build_model
 from ptmz.models.resnet import DEPTHS
 from ptmz.train.spec import without_later_defaults
@@ -106,7 +106,8 @@ class Run:
         if epoch is None:
             return available[-1]
         if epoch not in available:
-            raise ConfigError("epoch", epoch, f"a checkpointed epoch of {self.path}: {available}")
+            allowed = f"a checkpointed epoch of {self.path}: {available}"
+            raise MissingCheckpoint("epoch", epoch, allowed)
         return epoch
 
     def state_dict(self, epoch: int | None = None) -> dict[str, torch.Tensor]:
