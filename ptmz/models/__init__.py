@@ -38,12 +38,12 @@ __all__ = [
     "GPT",
     "MLP",
     "MODELS",
-    "reads",
     "ResNet",
     "ViT",
     "build_model",
     "gpt",
     "mlp",
+    "reads",
     "resnet",
     "vit",
 ]

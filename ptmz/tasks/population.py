@@ -84,10 +84,7 @@ class Workspace:
         """A language zoo is measured on the corpus it trained on, not whatever data_root holds."""
         # configs written before corpora were told apart have no key: nothing to check them by
         trained = {run.config["corpus"] for run in self.population.runs if "corpus" in run.config}
-        here = corpus_id(self.cfg.data_root)
-        if not trained:
-            return
-        if trained != {here}:
+        if trained and trained != {here := corpus_id(self.cfg.data_root)}:
             named = [
                 f"corpus {c}" if c else "the generated corpus" for c in sorted(trained, key=str)
             ]

@@ -106,15 +106,17 @@ class RunSpec:
         if self.beta is not None:
             _check_number("beta", self.beta, "a number >= 0", lambda v: v >= 0)
         _check_number("lr", self.lr, "a positive number", lambda v: v > 0)
-        r, augment = self.recipe, self.recipe.augment
-        _check_number("recipe.momentum", r.momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        _check_number("recipe.weight_decay", r.weight_decay, "a number >= 0", lambda v: v >= 0)
-        rotation = augment.rotation
+        recipe = self.recipe
+        _check_number(
+            "recipe.momentum", recipe.momentum, "a number in [0, 1)", lambda v: 0 <= v < 1
+        )
+        _check_number("recipe.weight_decay", recipe.weight_decay, "a number >= 0", lambda v: v >= 0)
+        rotation, hflip = recipe.augment.rotation, recipe.augment.hflip
         _check_number(
             "recipe.augment.rotation", rotation, "degrees in [0, 180]", lambda v: 0 <= v <= 180
         )
-        if not isinstance(augment.hflip, bool):
-            raise ConfigError("recipe.augment.hflip", augment.hflip, "true or false")
+        if not isinstance(hflip, bool):
+            raise ConfigError("recipe.augment.hflip", hflip, "true or false")
         if isinstance(self.checkpoints, int):
             _check_int("checkpoints", self.checkpoints, minimum=1)
         elif not all(isinstance(e, int) and 0 <= e <= self.epochs for e in self.checkpoints):
