@@ -56,6 +56,26 @@ def test_task_stores_results_beside_the_runs_once(config, population, task):
     assert changed["computed"] == again["skipped"]
 
 
+def test_two_settings_of_a_task_keep_a_result_each(config, digits_population, tmp_path):
+    from ptmz.analysis.table import results_table
+
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    args = ["task=cka", f"population={population}", *FAST["cka"]]
+    run_task(config(*args))
+    run_task(config(*args, "task.unbiased=false", "task.result=cka_biased"))
+    assert len(results(population, "cka")) == len(results(population, "cka_biased")) == 2
+    table = results_table(Population(population)).dropna(subset=["cka.mean.logits"])
+    assert len(table) == 2 and (table["cka.mean.logits"] != table["cka_biased.mean.logits"]).all()
+
+
+@pytest.mark.parametrize("name", ["a/b", "cka_epoch_3", "", 7])
+def test_a_result_name_that_is_not_a_file_stem_is_refused(config, digits_population, name):
+    from ptmz.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"task.result=.* a file-name stem"):
+        run_task(config("task=prune", f"population={digits_population}", f"task.result={name}"))
+
+
 def test_shards_split_the_work_without_overlap(config, population):
     args = ["task=interpolate", f"population={population}", *FAST["interpolate"]]
     shards = [run_task(config(*args, f"shard={i}", "num_shards=3")) for i in range(3)]

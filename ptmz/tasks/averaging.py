@@ -31,6 +31,7 @@ from ptmz.tasks.population import (
     Workspace,
     mean_over,
     per_run_task,
+    result_name,
     run_units,
     shard,
     training_augment,
@@ -73,7 +74,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
     if cfg.epoch is not None:
         allowed = "null for task=average_epochs: name its checkpoints with task.epochs=[...]"
         raise ConfigError("epoch", cfg.epoch, allowed)
-    ws, t = Workspace(cfg), cfg.task
+    ws, t, name = Workspace(cfg), cfg.task, result_name(cfg)
     runs = shard(ws.population.runs, lambda run: run.name, cfg)
 
     def compute(run: Run) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
 
     return run_units(
         runs,
-        lambda r: run_result(r, "average_epochs", averaged_epochs(r, t.epochs, t.last)[-1]),
+        lambda r: run_result(r, name, averaged_epochs(r, t.epochs, t.last)[-1]),
         inputs,
         compute,
         cfg.overwrite,
@@ -121,7 +122,7 @@ def prune(cfg: DictConfig) -> dict[str, int]:
             out["sparsity"][str(sparsity)] = measure_recalibrated(ws, model, run)
         return out
 
-    return per_run_task(cfg, ws, "prune", compute)
+    return per_run_task(cfg, ws, compute)
 
 
 def average_seeds(cfg: DictConfig) -> dict[str, int]:
@@ -204,4 +205,4 @@ def finetune_run(cfg: DictConfig) -> dict[str, int]:
             **wiseft_summary(curve),
         }
 
-    return per_run_task(cfg, ws, "finetune", compute)
+    return per_run_task(cfg, ws, compute)

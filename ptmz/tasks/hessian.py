@@ -46,4 +46,4 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
             ).to_dict()
         return out
 
-    return per_run_task(cfg, ws, t.result, compute)
+    return per_run_task(cfg, ws, compute)

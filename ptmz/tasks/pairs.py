@@ -22,6 +22,7 @@ from ptmz.tasks.population import (
     Workspace,
     common_epoch,
     mean_over,
+    result_name,
     run_units,
     seed_pairs,
     shard,
@@ -34,12 +35,12 @@ Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
 
 
 def grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
-    ws = Workspace(cfg)
+    ws, result = Workspace(cfg), result_name(cfg)
     points = shard(list(ws.population.grid_points().items()), lambda point: point[0], cfg)
 
     def target(point: tuple[str, list[Run]]) -> Path:
         name, runs = point
-        return grid_point_result(ws.population, name, cfg.task.name, common_epoch(runs, cfg.epoch))
+        return grid_point_result(ws.population, name, result, common_epoch(runs, cfg.epoch))
 
     def inputs(point: tuple[str, list[Run]]) -> dict[str, Any]:
         name, runs = point

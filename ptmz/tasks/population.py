@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -128,6 +129,17 @@ def training_augment(run: Run) -> Augment:
     return Augment(**recipe["augment"]) if recipe else Augment()
 
 
+def result_name(cfg: DictConfig) -> str:
+    """The stem of this task's result files, `task.result`. Files are keyed by it, not by the
+    settings, so two settings of one task need two names to keep both results."""
+    name = cfg.task.result
+    if not isinstance(name, str) or not re.fullmatch(r"\w[\w-]*", name) or "_epoch_" in name:
+        raise ConfigError(
+            "task.result", name, "a file-name stem of letters, digits, '_' and '-' (not '_epoch_')"
+        )
+    return name
+
+
 def shard(units: Sequence[Unit], name: Callable[[Unit], str], cfg: DictConfig) -> list[Unit]:
     """This job's share of `units`: those whose name hashes to `shard` modulo `num_shards`.
     Hashing the name (not the position) keeps the split fixed while runs are still appearing."""
@@ -213,10 +225,11 @@ def _run_unit(
 
 
 def per_run_task(
-    cfg: DictConfig, ws: Workspace, name: str, compute: Callable[[Run, int], dict[str, Any]]
+    cfg: DictConfig, ws: Workspace, compute: Callable[[Run, int], dict[str, Any]]
 ) -> dict[str, int]:
     """Run `compute(run, epoch)` on this shard's runs at `cfg.epoch` (default: each run's last
-    checkpoint), storing <run>/landscape/<name>_epoch_XXXX.json."""
+    checkpoint), storing <run>/landscape/<task.result>_epoch_XXXX.json."""
+    name = result_name(cfg)
 
     def inputs(run: Run) -> dict[str, Any]:
         return {
