@@ -15,6 +15,7 @@ from ptmz.analysis import Cut, PhaseThresholds, classify_phases, results_table
 from ptmz.analysis.figures import Axes2D, phase_diagram
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.tasks import run_task
+from ptmz.zoo.population import Population
 
 from conftest import launch
 
@@ -121,6 +122,51 @@ def test_a_population_in_one_regime_is_not_split():
     assert result.grid["phase"].isna().all()
     # an absolute threshold still classifies it
     assert phases_of(table, PhaseThresholds(loss=Cut(value=1.0)))["w8_bs256"] == "III"
+
+
+def test_cuts_are_made_on_finite_values_and_every_seed():
+    diverged = {"diverged": ((4, 512), np.inf, 1000.0, -0.2, 0.1)}
+    table = synthetic_table(diverged)
+    applied = classify_phases(table).thresholds
+    assert applied["loss"].value == classify_phases(synthetic_table()).thresholds["loss"].value
+    assert phases_of(table)["w4_bs512"] == "I"  # an infinite loss is high
+    # one seed without a Hessian: no mean of the other seed, no phase
+    table = synthetic_table()
+    table.loc[table["run"] == "I_s1", "hessian.train.trace"] = np.nan
+    grid = classify_phases(table).grid.set_index("grid_point")
+    assert np.isnan(grid.loc["w2_bs256", "hessian.train.trace"])
+    assert grid.loc["w2_bs256", "phase"] is None and "no Hessian" in grid.loc["w2_bs256", "reason"]
+    assert grid.loc["w2_bs16", "phase"] == "II"
+
+
+def test_traces_at_or_below_zero_are_below_the_cut_and_counted():
+    table = synthetic_table()
+    flat = table["hessian.train.trace"] < 100
+    table.loc[flat, "hessian.train.trace"] -= 20  # Hutchinson estimates of flat minima: < 0
+    result = classify_phases(table)
+    assert result.thresholds["hessian"].value is None  # 800..1250 alone: one regime
+    assert "3 values <= 0 left out of the log range" in result.thresholds["hessian"].note
+    split = classify_phases(table, PhaseThresholds(hessian=Cut(value=100.0)))
+    assert dict(zip(split.grid["grid_point"], split.grid["phase"], strict=True)) == phases_of(
+        synthetic_table()
+    )
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "match"),
+    [
+        ({"loss": 0.5}, r"task.thresholds.loss=0.5 .*task.thresholds.loss.value=0.5"),
+        ({"mc_tolerance": "abc"}, r"task.thresholds.mc_tolerance='abc' .*a number >= 0"),
+        ({"mc_tolerance": None}, r"task.thresholds.mc_tolerance=None"),
+        ({"loss": {"fraction": "half"}}, r"task.thresholds.loss.fraction='half' .*\[0, 1\]"),
+        ({"loss": {"value": "high"}}, r"task.thresholds.loss.value='high' .*a number or null"),
+        ({"cka": {"log": "yes"}}, r"task.thresholds.cka.log='yes' .*true or false"),
+        ({"hessian_metric": []}, r"task.thresholds.hessian_metric=\(\) .*a column name"),
+    ],
+)
+def test_bad_thresholds_are_named(thresholds, match):
+    with pytest.raises(ConfigError, match=match):
+        PhaseThresholds.from_config(thresholds)
 
 
 def test_thresholds_come_from_the_command_line(config):
@@ -283,6 +329,37 @@ def test_plot_draws_what_exists_and_notes_what_does_not(config, digits):
     assert not np.ma.is_masked(loss_cells[1, 0]) and np.ma.is_masked(cka_cells[1, 0])
     texts = " ".join(t.get_text() for t in fig.texts + [t for s in fig.subfigs for t in s.texts])
     assert "train loss high above" in texts and "mc ~ 0 within" in texts
+
+
+def test_plot_defaults_to_the_latest_epoch_whose_phases_can_be_told(config, digits):
+    runs = sorted(p for p in digits.iterdir() if p.is_dir() and p.name != "landscape")
+    for run in runs:
+        write_result(run / "landscape/hessian_epoch_0002.json", {"train": {"trace": 40.0}})
+    points = Population(digits).grid_points()
+    pair = digits / "landscape" / next(n for n, seeds in points.items() if len(seeds) == 2)
+    write_result(pair / "curve_epoch_0002.json", {"mean": {"mc_train_error": -0.1}})
+    write_result(pair / "cka_epoch_0003.json", {"mean": {"logits": 0.9}})  # later, CKA alone
+    out = run_task(config("task=plot", f"population={digits}"))
+    assert list(out["drawn"]) == [2]
+    assert (digits / "phase_diagram_epoch_0002.png").exists()
+
+
+def test_the_table_keeps_flags_and_drops_infinities(config, published_population, tmp_path):
+    path = published_with_landscape_keys(published_population, tmp_path)
+    trial = sorted(path.iterdir())[0]
+    lines = (trial / "result.json").read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "train_loss": float("inf")})
+    (trial / "result.json").write_text("\n".join(lines) + "\n")
+    write_result(trial / "landscape/hessian_epoch_0003.json", {"train": {"eigen_converged": False}})
+    table = results_table(path).set_index(["run", "epoch"])
+    assert np.isnan(table.loc[(trial.name, 1), "train_loss"])
+    assert table.loc[(trial.name, 3), "hessian.train.eigen_converged"] == 0.0
+    for file in path.rglob("result.json"):
+        file.unlink()
+    for file in path.rglob("landscape/*.json"):
+        file.unlink()
+    with pytest.raises(PtmzError, match="no run has training records"):
+        results_table(path)
 
 
 def test_cells_must_be_single_grid_points():

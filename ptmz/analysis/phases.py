@@ -61,6 +61,10 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Cut:
     """Where a metric turns from low to high: at `value` (in the metric's units) when set,
@@ -73,8 +77,14 @@ class Cut:
     min_spread: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(0 <= self.fraction <= 1, "fraction", self.fraction, "a number in [0, 1]")
-        _check(self.min_spread >= 0, "min_spread", self.min_spread, "a number >= 0")
+        _check(
+            self.value is None or _is_number(self.value), "value", self.value, "a number or null"
+        )
+        fraction_ok = _is_number(self.fraction) and 0 <= self.fraction <= 1
+        _check(fraction_ok, "fraction", self.fraction, "a number in [0, 1]")
+        spread_ok = _is_number(self.min_spread) and self.min_spread >= 0
+        _check(spread_ok, "min_spread", self.min_spread, "a number >= 0")
+        _check(isinstance(self.log, bool), "log", self.log, "true or false")
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,12 @@ class PhaseThresholds:
     cka_metric: tuple[str, ...] = ("cka.mean.logits", "representation_similarity")
 
     def __post_init__(self) -> None:
-        _check(self.mc_tolerance >= 0, "mc_tolerance", self.mc_tolerance, "a number >= 0")
+        tolerance_ok = _is_number(self.mc_tolerance) and self.mc_tolerance >= 0
+        _check(tolerance_ok, "mc_tolerance", self.mc_tolerance, "a number >= 0")
+        for role in ROLES:
+            columns = getattr(self, f"{role}_metric")
+            named = columns and all(isinstance(c, str) and c for c in columns)
+            _check(named, f"{role}_metric", columns, "a column name or a list of them")
 
     @classmethod
     def from_config(
@@ -119,9 +134,9 @@ class PhaseThresholds:
                 if name in ("loss", "hessian", "cka"):
                     kwargs[name] = _cut(value, f"{key}.{name}", getattr(cls(), name))
                 elif name.endswith("_metric"):
-                    kwargs[name] = (value,) if isinstance(value, str) else tuple(value)
+                    kwargs[name] = (value,) if isinstance(value, str) else tuple(value or ())
                 else:
-                    kwargs[name] = float(value)
+                    kwargs[name] = value
             return cls(**kwargs)
         except ConfigError as error:
             if error.key.startswith(key):
@@ -129,8 +144,11 @@ class PhaseThresholds:
             raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
 
 
-def _cut(config: Mapping[str, Any], key: str, default: Cut) -> Cut:
+def _cut(config: Any, key: str, default: Cut) -> Cut:
     names = {f.name for f in dataclasses.fields(Cut)}
+    if not isinstance(config, Mapping):
+        allowed = f"settings of a cut, e.g. {key}.value={config} ({', '.join(sorted(names))})"
+        raise ConfigError(key, config, allowed)
     for name, value in config.items():
         _check(name in names, f"{key}.{name}", value, f"one of {', '.join(sorted(names))}")
     try:
@@ -167,6 +185,12 @@ class PhaseClassification:
     grid: pd.DataFrame
     thresholds: dict[str, Threshold] = field(default_factory=dict)
 
+    def classified_epochs(self) -> list[int]:
+        """The epochs at which some grid point has the train loss, Hessian and mc a phase
+        needs."""
+        measured = self.grid[["loss", "hessian", "mc"]].notna().all(axis=1)
+        return sorted(int(e) for e in self.grid.loc[measured, "epoch"].unique())
+
     def lines(self) -> list[str]:
         """The thresholds in words, one line per metric, as the figure prints them."""
         t = self.thresholds
@@ -188,13 +212,15 @@ def pick_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 
 def grid_point_means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One row per grid point and epoch: its coordinates, number of seeds, and the mean over
-    its seeds of `columns` (grid-point results are the same on every seed)."""
+    its seeds of `columns` (grid-point results are the same on every seed). A mean needs every
+    seed's value: one seed without it makes it NaN, never the other seeds' mean."""
     coordinates = [c for c in COORDINATES if c in table]
     groups = table.groupby(list(GRID_POINT), sort=True, dropna=False)
     out = groups[coordinates].first()
     out["seeds"] = groups["run"].nunique() if "run" in table else groups.size()
     for column in dict.fromkeys(columns):
-        out[column] = groups[column].mean()
+        every_seed = groups[column].count() == groups.size()
+        out[column] = groups[column].mean().where(every_seed)
     return out.reset_index()
 
 
@@ -209,11 +235,14 @@ def resolve(cut: Cut, column: str | None, values: pd.Series) -> Threshold:
     if cut.value is not None:
         return Threshold(column, float(cut.value), "set")
     log = cut.log and not _already_log(column)
-    values = values.dropna()
+    values = values[np.isfinite(values)]
+    # a Hutchinson trace can come out <= 0 near a flat minimum: below any cut, off the log axis
+    left_out = int((values <= 0).sum()) if log else 0
     if log:
         values = values[values > 0]
     if values.empty:
-        return Threshold(column, None, "no grid point has train loss, Hessian and mc")
+        return Threshold(column, None, "no grid point has finite train loss, Hessian and mc")
+    besides = f"; {left_out} values <= 0 left out of the log range" if left_out else ""
     lo, hi = float(values.min()), float(values.max())
     x_lo, x_hi = (math.log10(lo), math.log10(hi)) if log else (lo, hi)
     space = "in log space" if log else "of logarithms" if _already_log(column) else "linear"
@@ -223,12 +252,12 @@ def resolve(cut: Cut, column: str | None, values: pd.Series) -> Threshold:
             column,
             None,
             f"range {lo:.3g}..{hi:.3g} spans {x_hi - x_lo:.2g}{unit} < min_spread "
-            f"{cut.min_spread:g}: one regime only",
+            f"{cut.min_spread:g}: one regime only{besides}",
         )
     x = x_lo + cut.fraction * (x_hi - x_lo)
     value = 10**x if log else x
     return Threshold(
-        column, value, f"{cut.fraction:.0%} from min {lo:.3g} to max {hi:.3g} ({space})"
+        column, value, f"{cut.fraction:.0%} from min {lo:.3g} to max {hi:.3g} ({space}){besides}"
     )
 
 

@@ -16,7 +16,8 @@ Columns, in order:
 
 Result columns are the result's name (the file's stem without `_epoch_XXXX`) and the path of
 keys down to a number, joined by dots: `hessian.train.trace`, `cka.mean.logits`,
-`curve.mean.mc_train_error`, `prune.sparsity.0.9.test_acc`, `ensemble.ensemble_gain_acc`.
+`curve.mean.mc_train_error`, `prune.sparsity.0.9.test_acc`, `ensemble.ensemble_gain_acc`;
+flags (`hessian.train.eigen_converged`) are 1.0 or 0.0.
 Any result file a task writes shows up this way without code here. Left out: `inputs` (what
 the result was computed from), `seconds` (how long it took), `pairs` (per seed pair, with run
 names as keys: their mean is the grid point's value), strings and lists (curves, spectra),
@@ -50,6 +51,7 @@ import pandas as pd
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, phase_column
 from ptmz.columns import GRID_KEYS, IDENTITY
+from ptmz.errors import PtmzError
 from ptmz.io import atomic_write, read_json
 from ptmz.zoo.population import Population, Run
 
@@ -88,6 +90,8 @@ def results_table(
     rows, results = [], set()
     for run in population.runs:
         rows += _run_rows(run, grid_results.get(run.grid_point, {}), results)
+    if not rows:
+        raise PtmzError(f"{population.path}: no run has training records or results to tabulate")
     table = pd.DataFrame(rows)
     empty = [c for c in results if table[c].isna().all()]  # e.g. a density never asked for
     table = table.drop(columns=empty)
@@ -113,7 +117,7 @@ def flatten(result: dict[str, Any], prefix: str) -> dict[str, float]:
             out[f"{prefix}.top_eigenvalue"] = float(max(value))
         elif value is None:
             out[name] = math.nan
-        elif _is_number(value):
+        elif isinstance(value, int | float):  # flags such as eigen_converged become 1.0 / 0.0
             out[name] = float(value)
     return out
 
@@ -158,7 +162,9 @@ def _record_columns(record: dict[str, Any], taken: set[str]) -> dict[str, float]
             continue
         if value is None or _is_number(value):
             name = f"record.{key}" if key in taken else key
-            out[name] = math.nan if value is None else float(value)
+            # published lines may hold Infinity; ptmz's own records store it as null
+            finite = value is not None and math.isfinite(value)
+            out[name] = float(value) if finite else math.nan
     return out
 
 

@@ -71,7 +71,8 @@ def plot(cfg: DictConfig) -> dict[str, Any]:
     table = results_table(population, thresholds)
     axes = Axes2D.of(table, t.temperature, t.load)
     classification = classify_phases(table, thresholds)
-    measured = landscape_epochs(table, thresholds)
+    # where phases can be told; else where any landscape metric was measured, e.g. CKA alone
+    measured = classification.classified_epochs() or landscape_epochs(table, thresholds)
     epochs, evolution = _epochs(cfg.epoch, table, measured)
     title = population.path.name
     written, drawn, omitted = [], {}, {}
