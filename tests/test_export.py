@@ -135,9 +135,56 @@ def test_bad_export_targets_and_epochs_are_named(config, digits_population, tmp_
     with pytest.raises(ConfigError, match="holds other files"):
         export(config, digits_population, out, "overwrite=true")
     assert (out / "notes.txt").read_text() == "mine" and (out / "index.parquet").is_file()
-    with pytest.raises(ConfigError, match=r"epoch.*7.*\[0, 1, 2, 3\]"):
-        export(config, digits_population, tmp_path / "e", "epoch=7")
+    for epoch in ("7", "last"):
+        with pytest.raises(ConfigError, match=rf"epoch=.*{epoch}.* \[0, 1, 2, 3\]"):
+            export(config, digits_population, tmp_path / "e", f"epoch={epoch}")
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.*"))
+
+
+def test_what_an_export_leaves_out_is_listed(config, published_population, tmp_path):
+    """Runs that are not done, checkpoints that do not load, and an epoch named twice."""
+    population = shutil.copytree(published_population, tmp_path / "zoo")
+    torn, bare, *_ = Population(population).runs
+    path = torn.path / "checkpoint_000003" / "checkpoints"
+    path.write_bytes(path.read_bytes()[:1000])  # as if ray were still writing it
+    for checkpoint in bare.path.glob("checkpoint_*"):
+        shutil.rmtree(checkpoint)
+    summary = export(config, population, tmp_path / "out", "epoch=[3,3]")
+    assert summary["models"] == 1  # the third run's epoch 3, once
+    reasons = {(e["run"], e["epoch"]): e["reason"] for e in summary["excluded"]}
+    assert reasons[(bare.name, None)] == "no checkpoints"
+    assert f"{path} does not load" in reasons[(torn.name, 3)]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"`{bare.name}`: no checkpoints" in card and f"`{torn.name}` epoch 3" in card
+
+
+def test_a_run_that_is_not_done_is_listed(config, digits_population, tmp_path):
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    run = Population(population).runs[0].path
+    (run / "status.json").write_text('{"state": "diverged", "epoch": 2, "error": null}')
+    summary = export(config, population, tmp_path / "out")
+    assert summary["models"] == 2
+    assert summary["excluded"] == [{"run": run.name, "epoch": None, "reason": "diverged"}]
+
+
+def test_a_target_filled_while_exporting_is_not_replaced(
+    config, digits_population, tmp_path, monkeypatch
+):
+    import ptmz.zoo.export as export_module
+
+    out = tmp_path / "out"
+    card = export_module.dataset_card
+
+    def card_while_the_user_writes(*args, **kwargs):
+        out.mkdir()
+        (out / "thesis.txt").write_text("mine")
+        return card(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "dataset_card", card_while_the_user_writes)
+    with pytest.raises(ConfigError, match="task.out.*holds other files"):
+        export(config, digits_population, out)
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"]
+    assert not list(tmp_path.glob(".out.*"))  # the staging directory is gone
 
 
 def test_the_next_export_undoes_what_a_killed_one_left(config, digits_population, tmp_path):

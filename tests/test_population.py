@@ -75,12 +75,17 @@ def test_unfinished_runs_are_left_out_and_listed(digits_population, tmp_path):
     assert population.unfinished == [(failed, "failed")]
 
 
-def test_two_copies_of_a_zoo_are_refused(digits_population, tmp_path):
+def test_two_copies_of_a_zoo_are_refused(digits_population, published_population, tmp_path):
     import shutil
 
     from ptmz.errors import PtmzError
 
     for copy in ("a", "b"):
-        shutil.copytree(digits_population, tmp_path / copy)
-    with pytest.raises(PtmzError, match=r"holds seeds \[0, 0, 1, 1\].*two copies"):
-        Population(tmp_path).grid_points()
+        shutil.copytree(digits_population, tmp_path / "ptmz" / copy)
+    with pytest.raises(PtmzError, match=r"two runs are named .*/a/.* and .*/b/.*copy of a zoo"):
+        Population(tmp_path / "ptmz")
+    trials = shutil.copytree(published_population, tmp_path / "published")
+    trial = sorted(trials.iterdir())[0]
+    shutil.copytree(trial, trial.with_name(trial.name + "_again"))  # a trial run twice
+    with pytest.raises(PtmzError, match=r"holds seeds \[0, 0, 1\].*the same run twice"):
+        Population(trials).grid_points()

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, classify_phases
 from ptmz.analysis.table import config_columns, results_table, run_identity, save_table
 from ptmz.data.zoo_dataset import INDEX, LAYOUTS, WEIGHTS, Layout, tensor_name
-from ptmz.errors import ConfigError, PtmzError
+from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
 from ptmz.io import UMASK, atomic_write, write_json, write_text
 from ptmz.models import build_model
 from ptmz.zoo.card import dataset_card
@@ -83,8 +83,9 @@ def export_population(
     """Write `population` to `out` as an exported zoo; what was written and left out.
 
     `epochs`: each run's last checkpoint (None), every checkpoint ("all"), or the given
-    epochs. Checkpoints with a non-finite weight, asked-for epochs a run has no checkpoint of,
-    and runs without checkpoints are left out and listed in the card. The export is assembled
+    epochs. Checkpoints that do not load or hold a non-finite weight, asked-for epochs a run
+    has no checkpoint of, and runs that are not done or have no checkpoints are left out and
+    listed in the card. The export is assembled
     beside `out` and moved into place whole, so a killed export never leaves half a dataset
     (and the next export to `out` clears what it left, `_recover_abandoned`); `overwrite`
     replaces an earlier export (and nothing else)."""
@@ -95,14 +96,20 @@ def export_population(
     _check_target(out, overwrite)
     table = results_table(population, thresholds)
     records = {(r["run"], r["epoch"]): r for r in table.to_dict("records")}
+    # not done (running, failed, diverged) or without checkpoints: listed, not lost silently
+    unfinished = [Excluded(path.name, None, state) for path, state in population.unfinished]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_beside(out, "staging") + "+", dir=out.parent))
     staging.chmod(0o777 & ~UMASK)  # mkdtemp's is private: the export is not
     try:
         shards = ShardWriter(staging / WEIGHTS, int(shard_mb * 2**20))
-        rows, layouts, excluded = [], {}, []
+        rows, layouts, excluded = [], {}, unfinished
         for run, epoch in _checkpoints(population, epochs, excluded):
-            state = run.state_dict(epoch)
+            try:
+                state = run.state_dict(epoch)
+            except MissingCheckpoint as error:
+                excluded.append(Excluded(run.name, epoch, error.allowed))
+                continue
             bad = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
             if bad:
                 excluded.append(Excluded(run.name, epoch, f"non-finite values in {bad[0]}"))
@@ -133,7 +140,7 @@ def export_population(
         lines = classify_phases(table, thresholds).lines()
         card = dataset_card(population, index, excluded, lines, license)
         write_text(staging / "README.md", card)
-        _move_into_place(staging, out)
+        _move_into_place(staging, out, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {
@@ -176,13 +183,17 @@ def _check_target(out: Path, overwrite: bool) -> None:
 def _checkpoints(population: Population, epochs: Epochs, excluded: list[Excluded]):
     """(run, epoch) to export, in the population's order; missing epochs go to `excluded`."""
     every = sorted({e for run in population for e in run.checkpoint_epochs})
+    allowed = f"null, all, or checkpointed epochs: {every}"
     if epochs is not None and epochs != "all":
+        if isinstance(epochs, str):
+            raise ConfigError("epoch", epochs, allowed)
         wanted = [epochs] if isinstance(epochs, int) else list(epochs)
         if not wanted:
-            raise ConfigError("epoch", wanted, f"null, all, or checkpointed epochs: {every}")
+            raise ConfigError("epoch", wanted, allowed)
         for epoch in wanted:
             if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch not in every:
-                raise ConfigError("epoch", epoch, f"null, all, or checkpointed epochs: {every}")
+                raise ConfigError("epoch", epoch, allowed)
+        wanted = sorted(set(wanted))  # an epoch named twice is one model, not two
     for run in population:
         available = run.checkpoint_epochs
         if not available:
@@ -220,11 +231,15 @@ def _reasons(excluded: list[Excluded]) -> str:
     return "; ".join(reasons) if reasons else "no checkpoints"
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
     """`staging` becomes `out`; an earlier export there is removed only once the new one is in
-    place."""
+    place. `out` is checked again here: files may have appeared there while the export ran."""
+    _check_target(out, overwrite)
     if not out.exists():
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except OSError as error:  # a directory filled in the meantime is not replaced
+            raise ConfigError("task.out", str(out), "a new or empty directory") from error
         return
     old = out.with_name(_beside(out, "old"))
     os.replace(out, old)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -115,7 +116,12 @@ class Run:
         if self.format == "ptmz":
             return RunDir(self.path).load_weights(epoch)
         path = self.path / f"checkpoint_{epoch:06d}" / "checkpoints"
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            # e.g. a trial whose checkpoint ray was still writing: that run's loss, not the task's
+            reason = f"{path} does not load ({type(error).__name__}: {str(error)[:80]})"
+            raise MissingCheckpoint("epoch", epoch, f"a checkpoint that loads: {reason}") from None
 
     def architecture(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The `build_model` arguments of this run's network (published runs: read off its
@@ -164,6 +170,17 @@ def _published_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         in_channels=int(in_channels),
         num_classes=int(state["fc.bias"].shape[0]),
     )
+
+
+def _check_names_unique(runs: list[Run]) -> None:
+    """Runs are told apart by their directory's name (results, tables, exports)."""
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if (other := seen.setdefault(run.name, run.path)) != run.path:
+            raise PtmzError(
+                f"two runs are named {run.name}: {other} and {run.path}; open each copy of a "
+                "zoo as a population of its own"
+            )
 
 
 def _infer_dataset(params: dict[str, Any]) -> str | None:
@@ -232,6 +249,7 @@ class Population:
                 "a directory holding run "
                 "directories with checkpoints (ptmz or the published format)",
             )
+        _check_names_unique(runs)
         datasets = {r.config["dataset"] for r in runs}
         if len(datasets) > 1:
             raise PtmzError(f"{self.path} mixes datasets {sorted(datasets)}: open one zoo")
