@@ -165,3 +165,20 @@ def test_errors_survive_pickling_back_from_a_cluster_job():
     ):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
+
+
+def test_the_quickstart_runs_keep_their_ids(config):
+    """Keys added since zoos were trained (precision, corpus, recipe.cycle_momentum ...) at
+    their old meaning stay out of the hash: the README's example run keeps its directory."""
+    spec = spec_from_config(config("width=8", "batch_size=16", "seed=0"))
+    assert spec.recipe.cycle_momentum is True
+    assert spec.run_id == "w8_bs16_s0-7f92d090"
+    held = spec_from_config(config("width=8", "batch_size=16", "recipe.cycle_momentum=false"))
+    assert held.run_id != spec.run_id
+
+
+def test_momentum_that_onecycle_would_override_is_refused(config):
+    with pytest.raises(ConfigError, match=r"recipe.momentum=0.5 .*recipe.cycle_momentum=false"):
+        spec_from_config(config("recipe.momentum=0.5"))
+    for held in (["recipe.cycle_momentum=false"], ["recipe.schedule=cosine"]):
+        assert spec_from_config(config("recipe.momentum=0.5", *held)).recipe.momentum == 0.5

@@ -93,7 +93,11 @@ def build_optimizer(
     total = epochs * steps_per_epoch
     if r.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+            opt,
+            max_lr=lr,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            cycle_momentum=r.cycle_momentum,
         )
     elif r.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)

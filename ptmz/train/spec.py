@@ -31,6 +31,9 @@ class Recipe:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # OneCycleLR(max_lr=lr) stepped per batch; see build_optimizer
+    # onecycle only: the momentum (Adam: beta1) cycles 0.95 -> 0.85 -> 0.95 against the lr, as
+    # torch's OneCycleLR does by default and so the published runs did; false holds `momentum`
+    cycle_momentum: bool = True
     augment: Augment = field(default_factory=Augment)
 
 
@@ -111,6 +114,16 @@ class RunSpec:
             "recipe.momentum", recipe.momentum, "a number in [0, 1)", lambda v: 0 <= v < 1
         )
         _check_number("recipe.weight_decay", recipe.weight_decay, "a number >= 0", lambda v: v >= 0)
+        if not isinstance(recipe.cycle_momentum, bool):
+            raise ConfigError("recipe.cycle_momentum", recipe.cycle_momentum, "true or false")
+        cycled = recipe.schedule == "onecycle" and recipe.cycle_momentum
+        if cycled and recipe.optimizer == "sgd" and recipe.momentum != Recipe.momentum:
+            raise ConfigError(
+                "recipe.momentum",
+                recipe.momentum,
+                f"{Recipe.momentum} (unused) while recipe.schedule=onecycle cycles the momentum "
+                "between 0.95 and 0.85; recipe.cycle_momentum=false holds it at your value",
+            )
         rotation, hflip = recipe.augment.rotation, recipe.augment.hflip
         _check_number(
             "recipe.augment.rotation", rotation, "degrees in [0, 180]", lambda v: 0 <= v <= 180
@@ -188,11 +201,23 @@ class RunSpec:
 
 # Keys added after zoos existed, with the value that means "as before": left out of every hash,
 # so older runs keep their ids and grid points.
-LATER_DEFAULTS = {"precision": "fp32", "eval_precision": "fp32", "beta": None, "corpus": None}
+LATER_DEFAULTS = {
+    "precision": "fp32",
+    "eval_precision": "fp32",
+    "beta": None,
+    "corpus": None,
+    "recipe.cycle_momentum": True,
+}
 
 
-def without_later_defaults(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+def without_later_defaults(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        name = prefix + key
+        if name in LATER_DEFAULTS and value == LATER_DEFAULTS[name]:
+            continue
+        out[key] = without_later_defaults(value, f"{name}.") if isinstance(value, dict) else value
+    return out
 
 
 def _floats_as_float(obj: Any) -> None:
