@@ -99,6 +99,8 @@ def test_unknown_group_choice_lists_the_options(config, group, value):
         ("eval_precision=fp16", r"eval_precision='fp16' is not allowed: choose one of bf16, fp32"),
         ("recipe.optimizer=lbfgs", r"recipe.optimizer='lbfgs'.*adam, adamw, sgd"),
         ("+recipe.nesterov=true", r"recipe.nesterov=True.*not a known key"),
+        ("batch_size=1", r"batch_size=1 .*at least 2 for model=resnet18 on dataset=digits"),
+        ("seed=[]", r"seed=\[\] is not allowed: a value, or a non-empty list"),
         (
             "batch_size=2000",
             r"batch_size=2000 is not allowed: at most the training subset size, "
@@ -182,3 +184,10 @@ def test_momentum_that_onecycle_would_override_is_refused(config):
         spec_from_config(config("recipe.momentum=0.5"))
     for held in (["recipe.cycle_momentum=false"], ["recipe.schedule=cosine"]):
         assert spec_from_config(config("recipe.momentum=0.5", *held)).recipe.momentum == 0.5
+
+
+def test_batch_size_one_where_batch_norm_has_values_to_normalise():
+    from ptmz.train import RunSpec
+
+    assert RunSpec(dataset="mnist", batch_size=1).batch_size == 1  # a 4x4 last stage
+    assert RunSpec(dataset="digits", model="vit", batch_size=1).batch_size == 1  # no batch norm

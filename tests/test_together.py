@@ -184,6 +184,8 @@ def test_launch_trains_packed_seeds_together(tmp_path):
     runs = sorted((tmp_path / "digits_resnet18").iterdir())
     assert [r.name.split("-")[0] for r in runs] == ["w2_bs256_s0", "w2_bs256_s1"]
     assert all(RunDir(r).state == "done" for r in runs)
+    twice = launch(*grid[:-1], "seed=[1,1]", "seeds_together=true")  # one run, named twice
+    assert twice.returncode == 0, twice.stderr
     bad = launch(*grid, "seeds_together=sometimes")
     assert bad.returncode == 2
     assert "seeds_together='sometimes'" in bad.stderr and "true or false" in bad.stderr

@@ -21,6 +21,12 @@ def reads(model: str) -> str:
     return READS.get(model, "images")
 
 
+def smallest_batch(model: str, image_size: int) -> int:
+    """The smallest batch the `model` family trains on at `image_size`: batch norm needs two
+    values per channel, and a ResNet's last stage (1/8 of the image a side) is 1x1 below 9."""
+    return 2 if model in DEPTHS and -(-image_size // 8) == 1 else 1
+
+
 def build_model(
     name: str, width: int, in_channels: int, num_classes: int, image_size: int = 32
 ) -> nn.Module:
@@ -45,5 +51,6 @@ __all__ = [
     "mlp",
     "reads",
     "resnet",
+    "smallest_batch",
     "vit",
 ]

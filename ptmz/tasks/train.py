@@ -65,6 +65,9 @@ def packed_configs(cfg: DictConfig) -> list[DictConfig]:
     of the list values into the job, trained one after another, so small models share one job
     (and its GPU) instead of holding one each."""
     lists = {key: list(cfg[key]) for key in PACKABLE if OmegaConf.is_list(cfg[key])}
+    for key, values in lists.items():
+        if not values:
+            raise ConfigError(key, values, "a value, or a non-empty list of values to pack")
     configs = []
     for values in itertools.product(*lists.values()):
         run_cfg = cfg.copy()
@@ -95,6 +98,7 @@ def train(cfg: DictConfig) -> str | list[str]:
         except ConfigError as error:  # one bad packed value: the other runs still train
             states.append("failed")
             failures.append(error)
+    specs = list(dict.fromkeys(specs))  # a run named twice (seed=[0,0]) is trained once
     if cfg.seeds_together:
         groups = [
             [s for s in specs if s.grid_point == key]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ptmz.data.augment import Augment
-from ptmz.data.datasets import DATASETS, input_kind
+from ptmz.data.datasets import DATASETS, INPUT_SHAPES, input_kind
 from ptmz.errors import ConfigError, choose
-from ptmz.models import MODELS, reads
+from ptmz.models import MODELS, reads, smallest_batch
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "constant")
@@ -91,6 +91,14 @@ class RunSpec:
             raise ConfigError("cuda_graph", True, "false with compile=true, which records its own")
         for key in ("width", "batch_size", "epochs"):
             _check_int(key, getattr(self, key), minimum=1)
+        smallest = smallest_batch(self.model, INPUT_SHAPES[self.dataset][1])
+        if self.batch_size < smallest:
+            raise ConfigError(
+                "batch_size",
+                self.batch_size,
+                f"at least {smallest} for model={self.model} on dataset={self.dataset}: batch "
+                "norm needs two values per channel, and its last stage is 1x1",
+            )
         _check_int("seed", self.seed, minimum=0)
         _check_int("subset_seed", self.subset_seed, minimum=0)
         _check_int("recipe.augment.crop_padding", self.recipe.augment.crop_padding, minimum=0)
