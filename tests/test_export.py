@@ -293,6 +293,8 @@ def test_filters_select_and_bad_ones_are_named(exported):
         ZooDataset(exported, width=512)
     with pytest.raises(ConfigError, match="split_by"):
         ZooDataset(exported, split="train", split_by="epoch")
+    with pytest.raises(ConfigError, match="split='training' .*one of train, val, test"):
+        ZooDataset(exported, split="training")
 
 
 def test_flat_vectors_unflatten_and_modules_reproduce_the_runs(exported, two_widths):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from ptmz.data import Augment
 from ptmz.train import Recipe, RunSpec
@@ -45,3 +46,22 @@ def test_command_line_values_are_read_as_a_sweep_reads_them(tmp_path):
     rows = [line.split() for line in result.stdout.splitlines()]
     assert ["0.0001"] + [".", "."] * 7 in rows  # lr 1e-4: 7 betas x 2 seeds, none started
     assert "14 runs: 14 not started" in result.stdout
+
+
+def test_axes_the_status_cannot_draw_are_named(tmp_path):
+    result = launch("task=status", "task.temperature=seeds", f"out_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "task.temperature='seeds' is not allowed: choose one of batch_size, lr" in result.stderr
+
+
+def test_runs_that_do_not_set_an_axis_sort_first():
+    from ptmz.zoo.status import RunStatus, status_grid
+
+    runs = [
+        RunStatus(
+            Path(f"/r{i}"), {"lr": lr, "width": 2, "seed": 0}, "not started", 0, 1, None, None
+        )
+        for i, lr in enumerate([0.1, None])
+    ]
+    rows = [line.split()[0] for line in status_grid(runs, "lr", "width").splitlines()[1:3]]
+    assert rows == ["None", "0.1"]

@@ -188,6 +188,8 @@ class ZooDataset(Dataset):
             raise ConfigError("path", str(path), "a directory written by task=export")
         if max_open_shards < 1:
             raise ConfigError("max_open_shards", max_open_shards, "an integer >= 1")
+        if split is not None and split not in fractions:
+            raise ConfigError("split", split, f"None or one of {', '.join(fractions)}")
         index = pd.read_parquet(self.path / f"{INDEX}.parquet")
         index["split"] = assign_splits(index, split_by, fractions, split_seed)
         self.layouts = {

@@ -10,8 +10,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.columns import GRID_KEYS
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, choose
 from ptmz.tasks.train import RUN_KEYS, spec_from_config
+from ptmz.train.spec import LOADS, TEMPERATURES
 from ptmz.zoo.rundir import RunDir
 from ptmz.zoo.status import RunStatus, status_grid
 
@@ -43,6 +44,8 @@ def _values(override: str) -> list:
 
 
 def status(cfg: DictConfig) -> dict[str, int]:
+    choose("task.temperature", cfg.task.temperature, dict.fromkeys(TEMPERATURES))
+    choose("task.load", cfg.task.load, dict.fromkeys(LOADS))
     expected = {}
     for point in sweep_grid(cfg):
         point_cfg = cfg.copy()

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ptmz.zoo.rundir import RunDir
 
@@ -47,11 +48,16 @@ class RunStatus:
         return f"{code}{self.epoch}/{self.epochs}" if self.state == "running" else code
 
 
+def _unset_first(value: Any) -> tuple[bool, Any]:
+    """Axis values sort with None (a run that does not set the axis) ahead of the numbers."""
+    return value is not None, value
+
+
 def status_grid(runs: list[RunStatus], rows: str, columns: str, stale_after: float = 3600) -> str:
     """The sweep as text: `rows` (temperature) x `columns` (load), each cell the codes of its
     seeds in seed order, then the totals and every failed or stale run."""
-    row_values = sorted({r.grid[rows] for r in runs})
-    column_values = sorted({r.grid[columns] for r in runs})
+    row_values = sorted({r.grid[rows] for r in runs}, key=_unset_first)
+    column_values = sorted({r.grid[columns] for r in runs}, key=_unset_first)
     cells = {}
     for run in sorted(runs, key=lambda r: r.grid["seed"]):
         key = (run.grid[rows], run.grid[columns])
