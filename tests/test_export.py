@@ -93,6 +93,7 @@ def test_export_of_a_published_population(config, published_population, tmp_path
     assert set(index["arch.name"]) == {"resnet18"} and set(index["arch.in_channels"]) == {1}
     card = (out / "README.md").read_text()
     assert "published format" in card and "result.json's, as the published code" in card
+    assert "running means over the epoch's augmented batches in train mode" in card
     # the recipe shows what the runs share and names what differs, not the first run's grid
     assert "- `model::width`: 4" in card and "differing between runs: `training::batchsize`" in card
 

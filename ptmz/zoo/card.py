@@ -143,7 +143,10 @@ def dataset_card(
         *(
             [
                 "Training records of published-format runs are their result.json's, as the "
-                "published code computed them.",
+                "published code computed them: after epoch 0 their `train_loss` and "
+                "`train_acc` are running means over the epoch's augmented batches in train "
+                "mode, not the definitions below, so their `generalization_gap` compares a "
+                "training-time average with an eval-mode test accuracy.",
                 "",
             ]
             if "published" in set(runs["format"])
