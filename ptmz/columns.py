@@ -2,4 +2,4 @@
 the population, the results table and the exported dataset's reader, which imports neither."""
 
 GRID_KEYS = ("width", "batch_size", "lr", "data_fraction", "beta", "seed")
-IDENTITY = ("run", "grid_point", "format", "dataset", "model", *GRID_KEYS, "epoch")
+IDENTITY = ("run", "grid_point", "format", "state", "dataset", "model", *GRID_KEYS, "epoch")

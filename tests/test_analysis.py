@@ -362,6 +362,31 @@ def test_the_table_keeps_flags_and_drops_infinities(config, published_population
         results_table(path)
 
 
+def test_a_diverged_seed_is_in_the_table_and_empties_its_grid_point(digits):
+    pair, other = (runs for runs in Population(digits).grid_points().values())
+    diverged = pair[1].path
+    records = [json.loads(line) for line in (diverged / "metrics.jsonl").read_text().splitlines()]
+    records = [*records[:2], {**records[2], "train_loss": None}]  # non-finite in epoch 2
+    (diverged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (diverged / "status.json").write_text('{"state": "diverged", "epoch": 2, "epochs": 3}')
+    population = Population(digits)
+    assert [r.path for r in population.diverged] == [diverged]
+    assert diverged not in [r.path for r in population.runs]  # the tasks measure done runs
+
+    table = results_table(population)
+    rows = table[table["run"] == diverged.name]
+    assert rows["epoch"].tolist() == [0, 1, 2] and set(rows["state"]) == {"diverged"}
+    assert set(table.loc[table["run"] != diverged.name, "state"]) == {"done"}
+    grid = classify_phases(table).grid.set_index(["grid_point", "epoch"])
+    point = pair[0].grid_point
+    assert grid.loc[(point, 3), "seeds"] == 2 and grid.loc[(point, 3), "diverged"] == 1
+    assert np.isnan(grid.loc[(point, 3), "loss"])  # not the surviving seed's loss alone
+    assert "1 of 2 seeds diverged" in grid.loc[(point, 3), "reason"]
+    both = table[(table["grid_point"] == point) & (table["epoch"] == 1)]["train_loss"]
+    assert grid.loc[(point, 1), "loss"] == pytest.approx(both.mean()) and len(both) == 2
+    assert grid.loc[(other[0].grid_point, 3), "diverged"] == 0
+
+
 def test_cells_must_be_single_grid_points():
     table = synthetic_table()
     other = table.assign(lr=0.01, grid_point=table["grid_point"] + "_lr0.01")

@@ -250,7 +250,7 @@ def _boundaries(labels: np.ndarray, below: bool) -> list[tuple[int, int]]:
 
 def _verdict(row: pd.Series) -> str:
     """What the metrics of an unlabelled cell said, in a few words."""
-    words = []
+    words = [f"{row['diverged']}/{row['seeds']} diverged"] if row.get("diverged") else []
     if row.get("loss_high") is not None:
         words.append("loss " + ("high" if row["loss_high"] else "low"))
     if row.get("hessian_large") is not None:
@@ -291,8 +291,8 @@ def phase_diagram(
     Returns (figure, the columns drawn, notes on the metrics left out)."""
     classification = classification or classify_phases(table, thresholds)
     drawn, notes = resolve_metrics(table, metrics)
-    at = table[table["epoch"] == epoch]
-    grid = grid_point_means(at, drawn)
+    grid = grid_point_means(table, drawn)  # all epochs: a seed that diverged earlier counts
+    grid = grid[grid["epoch"] == epoch]
     _check_axes(grid, axes)
     present = [c for c in drawn if grid[c].notna().any()]
     notes += [f"{c}: no value at epoch {epoch}" for c in drawn if c not in present]

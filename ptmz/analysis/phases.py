@@ -211,15 +211,21 @@ def pick_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 
 
 def grid_point_means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """One row per grid point and epoch: its coordinates, number of seeds, and the mean over
-    its seeds of `columns` (grid-point results are the same on every seed). A mean needs every
-    seed's value: one seed without it makes it NaN, never the other seeds' mean."""
+    """One row per grid point and epoch: its coordinates, its number of seeds (over all epochs)
+    and of diverged ones, and the mean over its seeds of `columns` (grid-point results are the
+    same on every seed). A mean needs every seed's value: a seed without it (not measured, or
+    diverged before this epoch) makes it NaN, never the other seeds' mean."""
     coordinates = [c for c in COORDINATES if c in table]
     groups = table.groupby(list(GRID_POINT), sort=True, dropna=False)
     out = groups[coordinates].first()
-    out["seeds"] = groups["run"].nunique() if "run" in table else groups.size()
+    runs = table["run" if "run" in table else "seed"]
+    points = out.index.get_level_values("grid_point")
+    out["seeds"] = runs.groupby(table["grid_point"]).nunique().reindex(points).to_numpy()
+    diverged = runs[table["state"] == "diverged"] if "state" in table else runs.iloc[:0]
+    counts = diverged.groupby(table["grid_point"]).nunique()
+    out["diverged"] = counts.reindex(points, fill_value=0).to_numpy()
     for column in dict.fromkeys(columns):
-        every_seed = groups[column].count() == groups.size()
+        every_seed = groups[column].count() == out["seeds"]
         out[column] = groups[column].mean().where(every_seed)
     return out.reset_index()
 
@@ -328,6 +334,8 @@ def classify_phases(
         mc = _mc_sign(row.mc, thresholds.mc_tolerance)
         cka_high = _above(row.cka, applied["cka"])
         phase, reason = _phase(loss_high, hessian_large, mc, cka_high)
+        if phase is None and row.diverged:
+            reason = f"{row.diverged} of {row.seeds} seeds diverged; {reason}"
         verdicts.append((loss_high, hessian_large, mc, cka_high, phase, reason))
     names = ["loss_high", "hessian_large", "mc_sign", "cka_high", "phase", "reason"]
     verdict = pd.DataFrame(verdicts, columns=names, index=grid.index, dtype=object)

@@ -2,7 +2,8 @@
 
 Columns, in order:
 
-    run, grid_point, format, dataset, model       which run (format: ptmz | published)
+    run, grid_point, format, state, dataset,      which run (format: ptmz | published; state:
+    model                                         done | diverged, its records up to divergence)
     width, batch_size, lr, data_fraction, seed    its grid coordinates
     epoch                                         the state after this many epochs
     train_loss, train_acc, test_loss, test_acc,   that epoch's training record, as stored (ptmz:
@@ -88,7 +89,7 @@ def results_table(
         population = Population(population)
     grid_results = _grid_point_results(population)
     rows, results = [], set()
-    for run in population.runs:
+    for run in [*population.runs, *population.diverged]:  # a diverged seed is a result too
         rows += _run_rows(run, grid_results.get(run.grid_point, {}), results)
     if not rows:
         raise PtmzError(f"{population.path}: no run has training records or results to tabulate")
@@ -193,6 +194,7 @@ def run_identity(run: Run) -> dict[str, Any]:
         "run": run.name,
         "grid_point": run.grid_point,
         "format": run.format,
+        "state": run.state,
         "dataset": run.config.get("dataset"),
         "model": run.config.get("model"),
         **run.grid,

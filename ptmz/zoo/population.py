@@ -81,6 +81,11 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def state(self) -> str:
+        """done, diverged, running ... (a published trial with checkpoints counts as done)."""
+        return RunDir(self.path).state if self.format == "ptmz" else "done"
+
     @cached_property
     def records(self) -> list[dict[str, Any]]:
         if self.format == "ptmz":
@@ -218,7 +223,8 @@ def _published_run(path: Path, dataset: str | None) -> Run:
 class Population:
     """All finished runs under `path` (any depth), grouped into grid points that differ only by
     seed. ptmz runs that are not `done` (running, failed, diverged) and published trials without
-    checkpoints are left out and listed in `unfinished` as (path, state).
+    checkpoints are left out and listed in `unfinished` as (path, state); the diverged ones are
+    also in `diverged`, whose records are part of the zoo's results (`results_table`).
 
     `dataset` names the dataset of published runs whose params do not say it; ptmz runs
     always carry theirs.
@@ -228,6 +234,7 @@ class Population:
     dataset: str | None = None
     runs: list[Run] = field(init=False)
     unfinished: list[tuple[Path, str]] = field(init=False)
+    diverged: list[Run] = field(init=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser().resolve()
@@ -236,6 +243,7 @@ class Population:
         found = [RunDir(p.parent) for p in sorted(self.path.rglob("config.json"))]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
         runs = [_ptmz_run(d.path) for d in found if d.state == "done"]
+        self.diverged = [_ptmz_run(d.path) for d in found if d.state == "diverged"]
         trials = sorted(self.path.rglob("params.json"))
         published = [_published_run(p.parent, self.dataset) for p in trials]
         self.unfinished += [
