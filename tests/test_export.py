@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
+import json
 import re
 import shutil
 import socket
@@ -166,6 +167,22 @@ def test_a_run_that_is_not_done_is_listed(config, digits_population, tmp_path):
     summary = export(config, population, tmp_path / "out")
     assert summary["models"] == 2
     assert summary["excluded"] == [{"run": run.name, "epoch": None, "reason": "diverged"}]
+
+
+def test_integers_a_run_lacks_stay_integers(config, digits_population, tmp_path):
+    population = shutil.copytree(digits_population, tmp_path / "zoo")
+    run = Population(population).runs[0].path
+    written = json.loads((run / "config.json").read_text())
+    del written["checkpoints"]  # a key added after this run was trained, say
+    (run / "config.json").write_text(json.dumps(written))
+    export(config, population, tmp_path / "out")
+    index = pd.read_parquet(tmp_path / "out" / "index.parquet")
+    assert str(index["config.checkpoints"].dtype) == "Int64"
+    values = sorted(
+        (item["config"]["config.checkpoints"] for item in ZooDataset(tmp_path / "out")),
+        key=lambda v: v is not None,
+    )
+    assert values == [None, 1, 1] and all(type(v) is int for v in values[1:])
 
 
 def test_a_target_filled_while_exporting_is_not_replaced(

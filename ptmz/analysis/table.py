@@ -93,7 +93,7 @@ def results_table(
         rows += _run_rows(run, grid_results.get(run.grid_point, {}), results)
     if not rows:
         raise PtmzError(f"{population.path}: no run has training records or results to tabulate")
-    table = pd.DataFrame(rows)
+    table = frame_of(rows)
     empty = [c for c in results if table[c].isna().all()]  # e.g. a density never asked for
     table = table.drop(columns=empty)
     table = _ordered(table.sort_values(["grid_point", "seed", "run", "epoch"], ignore_index=True))
@@ -101,6 +101,21 @@ def results_table(
         position = _phase_position(table)
         phase = phase_column(table, phases).rename("phase")
         table = pd.concat([table.iloc[:, :position], phase, table.iloc[:, position:]], axis=1)
+    return table
+
+
+def frame_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a DataFrame whose integer columns with gaps (a config key some runs lack)
+    are nullable integers: pandas would make them floats, and `checkpoints: 1` read back 1.0."""
+    table = pd.DataFrame(rows)
+    kinds: dict[str, set[type]] = defaultdict(set)
+    for row in rows:
+        for key, value in row.items():
+            if value is not None and value is not pd.NA:
+                kinds[key].add(type(value))
+    for column, types in kinds.items():
+        if types == {int} and table[column].dtype == float:
+            table[column] = table[column].astype("Int64")
     return table
 
 

@@ -302,6 +302,6 @@ class ZooDataset(Dataset):
 def _plain(value: Any) -> Any:
     """numpy scalars as Python ones and a missing value (NaN in a numeric column) as None, so
     configs compare and serialise as they were written."""
-    if isinstance(value, float | np.floating) and math.isnan(value):
+    if value is pd.NA or isinstance(value, float | np.floating) and math.isnan(value):
         return None
     return value.item() if isinstance(value, np.generic) else value

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from safetensors.torch import save_file
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, classify_phases
-from ptmz.analysis.table import config_columns, results_table, run_identity, save_table
+from ptmz.analysis.table import (
+    config_columns,
+    frame_of,
+    results_table,
+    run_identity,
+    save_table,
+)
 from ptmz.data.zoo_dataset import INDEX, LAYOUTS, WEIGHTS, Layout, tensor_name
 from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
 from ptmz.io import UMASK, atomic_write, write_json, write_text
@@ -134,7 +139,7 @@ def export_population(
         shards.close()
         if not rows:
             raise PtmzError(f"nothing to export from {population.path}: {_reasons(excluded)}")
-        index = pd.DataFrame(rows)
+        index = frame_of(rows)
         save_table(index, staging / INDEX)
         write_json(staging / LAYOUTS, {n: layout.to_json() for n, layout in layouts.items()})
         lines = classify_phases(table, thresholds).lines()
