@@ -98,6 +98,26 @@ def test_the_corpus_is_part_of_a_text_runs_identity(tmp_path, config):
     assert other.run_id != default.run_id  # not taken for the runs on the generated corpus
 
 
+def test_a_corpus_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ptmz.data.text import corpus_id
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_bytes(b"first part\n" * 100)
+    (tmp_path / "text" / "b.txt").write_bytes(b"second part\n" * 100)
+    joined = b"first part\n" * 100 + b"second part\n" * 100
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p) or read_bytes(p))
+    ids = {corpus_id(tmp_path) for _ in range(32)}  # a grid's specs, each asking
+    assert ids == {hashlib.sha256(joined).hexdigest()[:16]} and len(reads) == 2
+    (tmp_path / "text" / "b.txt").write_bytes(b"edited\n")
+    assert (
+        corpus_id(tmp_path) == hashlib.sha256(b"first part\n" * 100 + b"edited\n").hexdigest()[:16]
+    )
+
+
 def test_gpt_zoo_trains_takes_the_landscape_tasks_and_plots(tmp_path, config):
     zoo = small_zoo(tmp_path, "gpt_text", "width=16", "batch_size=64", "seed=0,1", "epochs=1")
     runs = sorted(zoo.glob("w16_bs64_s*"))

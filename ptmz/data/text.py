@@ -13,6 +13,7 @@ next-token targets.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,16 @@ def read_corpus(root: Path) -> bytes:
 
 
 def _user_corpus(root: Path) -> bytes | None:
+    files = _corpus_files(root)
+    return None if files is None else b"".join(p.read_bytes() for p in files)
+
+
+def _corpus_files(root: Path) -> list[Path] | None:
+    """The files of the user's corpus in order, or None where there is none (the default)."""
     if (root / "text.txt").is_file():
-        return (root / "text.txt").read_bytes()
+        return [root / "text.txt"]
     if (root / "text").is_dir():
-        files = sorted(p for p in (root / "text").rglob("*") if p.is_file())
-        return b"".join(p.read_bytes() for p in files)
+        return sorted(p for p in (root / "text").rglob("*") if p.is_file())
     return None
 
 
@@ -50,8 +56,19 @@ def corpus_id(root: str | Path) -> str | None:
     """What names the corpus under `root` in a run's identity: None for the generated default
     (so runs on it keep the ids they had before corpora were told apart), else the first 16
     hex digits of the SHA-256 of its bytes."""
-    corpus = _user_corpus(Path(root).expanduser().resolve())
-    return None if corpus is None else hashlib.sha256(corpus).hexdigest()[:16]
+    files = _corpus_files(Path(root).expanduser().resolve())
+    if files is None:
+        return None
+    return _digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@lru_cache(maxsize=16)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    """The corpus hash, read once per set of unchanged files (every run spec asks for it)."""
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def windows(tokens: torch.Tensor) -> Split:
