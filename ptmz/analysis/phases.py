@@ -25,8 +25,10 @@ No published code fixes numeric thresholds, so every one is explicit (`PhaseThre
 - mc ~ 0: |mc| <= `mc_tolerance` = 0.01. mc of the train *error* is a fraction of the
   training set, comparable across datasets: 0.01 is one percentage point of training error.
 
-The ranges are taken over the grid points and epochs being classified: those with a train
-loss, a Hessian and an mc value. A grid point lacking one of them, or whose values match no
+A grid point's value is the mean over all its seeds (`grid_point_means`): a seed without the
+value, or one that diverged before that epoch, leaves no value rather than the others' mean.
+The ranges are taken over the finite values of the grid points and epochs being classified:
+those with a train loss, a Hessian and an mc value. A grid point lacking one of them, or whose values match no
 row of the table (high loss with a small Hessian, low loss with mc > 0, ...), gets no label
 and a `reason`: never a guessed phase.
 
@@ -34,7 +36,8 @@ Published populations store the published zoo's values in result.json
 (`log_hessian_trace_train`, `curve_mc_train_error`, `representation_similarity`): each metric
 is the first of its candidate columns that the table holds. A column named `log_*` already
 holds logarithms, so its cut is made on those values as they are (a fraction of a log range
-does not depend on the logarithm's base); an absolute `value` is in the column's own units.
+does not depend on the logarithm's base); an absolute `value`, and `min_spread`, are in the
+column's own units.
 """
 
 from __future__ import annotations
