@@ -114,6 +114,13 @@ def test_sweep_in_local_processes(tmp_path):
     assert start[0] < end[1] and start[1] < end[0], (start, end)
 
 
+def test_memory_asked_for_twice_is_refused_before_submitting(tmp_path):
+    result = launch("launcher=slurm", "hydra.launcher.mem_gb=32", *SWEEP, f"out_dir={tmp_path}")
+    assert result.returncode == 1
+    assert "hydra.launcher.mem_per_gpu=32G is not allowed: null with" in result.stderr
+    assert not list(tmp_path.rglob(".submitit"))  # nothing was queued
+
+
 @pytest.mark.parametrize("preempt", ["usr2", "requeue"])
 def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt):
     """A job is preempted mid-run: by USR2, which submitit answers by requeueing the job, or by

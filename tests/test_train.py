@@ -262,6 +262,23 @@ def test_run_held_by_another_process_is_not_trained_twice(tmp_path):
     assert run.state == "done" and train_run(spec) == "done"
 
 
+def test_files_a_killed_writer_left_half_written_are_removed_on_resume(tmp_path):
+    spec = RunSpec(out_dir=str(tmp_path), **{**TINY, "epochs": 1})
+    run = RunDir(spec.run_dir)
+    run.checkpoints.mkdir(parents=True)
+    torn = [
+        run.checkpoints / ".epoch_0001.safetensors.k1ll3d.tmp",
+        run.checkpoints / ".state_0001.pt.k1ll3d.tmp",
+        run.path / ".metrics.jsonl.k1ll3d.tmp",
+    ]
+    for path in torn:
+        path.write_bytes(b"half a checkpoint")
+    (run.path / ".notes.txt").write_text("not ours to delete")
+    assert train_run(spec) == "done"
+    assert not any(path.exists() for path in torn)
+    assert (run.path / ".notes.txt").exists()
+
+
 def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
     def no_locks(handle, operation):
         raise OSError(errno.ENOLCK, "No locks available")

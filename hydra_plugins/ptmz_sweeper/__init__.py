@@ -56,6 +56,13 @@ class PtmzSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> list:
         """Launch every batch, then report the failed jobs (the basic sweeper raises at the
         first failure it reads, hiding how many others failed)."""
+        launcher = self.config.hydra.launcher
+        if launcher.get("mem_gb") and launcher.get("mem_per_gpu"):  # before any job is queued
+            sys.exit(
+                f"ptmz: error: hydra.launcher.mem_per_gpu={launcher.mem_per_gpu} is not allowed: "
+                f"null with hydra.launcher.mem_gb={launcher.mem_gb} (sbatch takes --mem or "
+                "--mem-per-gpu, not both)"
+            )
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)

@@ -28,9 +28,9 @@ No published code fixes numeric thresholds, so every one is explicit (`PhaseThre
 A grid point's value is the mean over all its seeds (`grid_point_means`): a seed without the
 value, or one that diverged before that epoch, leaves no value rather than the others' mean.
 The ranges are taken over the finite values of the grid points and epochs being classified:
-those with a train loss, a Hessian and an mc value. A grid point lacking one of them, or whose values match no
-row of the table (high loss with a small Hessian, low loss with mc > 0, ...), gets no label
-and a `reason`: never a guessed phase.
+those with a train loss, a Hessian and an mc value. A grid point lacking one of them, or whose
+values match no row of the table (high loss with a small Hessian, low loss with mc > 0, ...),
+gets no label and a `reason`: never a guessed phase.
 
 Published populations store the published zoo's values in result.json
 (`log_hessian_trace_train`, `curve_mc_train_error`, `representation_similarity`): each metric

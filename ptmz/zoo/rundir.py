@@ -54,7 +54,9 @@ class RunDir:
     def lock(self) -> Iterator[bool]:
         """Hold the run's lock while training; yields False if another process holds it.
 
-        The kernel drops the lock when its holder dies, so a killed run never blocks its resume.
+        The kernel drops the lock when its holder dies, so a killed run never blocks its resume;
+        the half-written files of a holder killed mid-write (`atomic_write`'s temporaries, some
+        checkpoint-sized) are removed as the lock is taken, so requeues do not pile them up.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / ".lock", "a") as handle:
@@ -68,6 +70,8 @@ class RunDir:
                     f"{self.path}: cannot lock the run ({error}); put out_dir on a file system "
                     "with flock (on NFS: mounted with locking)"
                 ) from error
+            for leftover in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]:
+                leftover.unlink(missing_ok=True)
             try:
                 yield True
             finally:
