@@ -363,20 +363,24 @@ def test_the_table_keeps_flags_and_drops_infinities(config, published_population
 
 
 def test_a_diverged_seed_is_in_the_table_and_empties_its_grid_point(digits):
-    pair, other = (runs for runs in Population(digits).grid_points().values())
+    pair, (alone,) = (runs for runs in Population(digits).grid_points().values())
     diverged = pair[1].path
-    records = [json.loads(line) for line in (diverged / "metrics.jsonl").read_text().splitlines()]
-    records = [*records[:2], {**records[2], "train_loss": None}]  # non-finite in epoch 2
-    (diverged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (diverged / "status.json").write_text('{"state": "diverged", "epoch": 2, "epochs": 3}')
+    for run, epoch in ((diverged, 2), (alone.path, 1)):  # a non-finite loss in that epoch
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        records = [
+            *map(json.loads, lines[:epoch]),
+            {**json.loads(lines[epoch]), "train_loss": None},
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run / "status.json").write_text(f'{{"state": "diverged", "epoch": {epoch}, "epochs": 3}}')
     population = Population(digits)
-    assert [r.path for r in population.diverged] == [diverged]
+    assert [r.path for r in population.diverged] == [diverged, alone.path]
     assert diverged not in [r.path for r in population.runs]  # the tasks measure done runs
 
     table = results_table(population)
     rows = table[table["run"] == diverged.name]
     assert rows["epoch"].tolist() == [0, 1, 2] and set(rows["state"]) == {"diverged"}
-    assert set(table.loc[table["run"] != diverged.name, "state"]) == {"done"}
+    assert set(table.loc[table["run"] == pair[0].name, "state"]) == {"done"}
     grid = classify_phases(table).grid.set_index(["grid_point", "epoch"])
     point = pair[0].grid_point
     assert grid.loc[(point, 3), "seeds"] == 2 and grid.loc[(point, 3), "diverged"] == 1
@@ -384,7 +388,20 @@ def test_a_diverged_seed_is_in_the_table_and_empties_its_grid_point(digits):
     assert "1 of 2 seeds diverged" in grid.loc[(point, 3), "reason"]
     both = table[(table["grid_point"] == point) & (table["epoch"] == 1)]["train_loss"]
     assert grid.loc[(point, 1), "loss"] == pytest.approx(both.mean()) and len(both) == 2
-    assert grid.loc[(other[0].grid_point, 3), "diverged"] == 0
+    assert grid.loc[(point, 1), "diverged"] == 0  # not yet
+    # every seed diverged: the grid point keeps its later rows, empty, and says why
+    assert grid.loc[(alone.grid_point, 0), "diverged"] == 0
+    assert grid.loc[(alone.grid_point, 3), "diverged"] == 1
+    assert "1 of 1 seeds diverged" in grid.loc[(alone.grid_point, 3), "reason"]
+
+
+def test_tables_built_by_hand_are_classified():
+    """Tables a user assembles: repeated index labels, no run column, no seed column either."""
+    expected = phases_of(synthetic_table())
+    repeated = synthetic_table().set_axis([0] * len(synthetic_table()))
+    assert phases_of(repeated) == expected
+    assert phases_of(synthetic_table().drop(columns="run")) == expected
+    assert phases_of(synthetic_table().drop(columns=["run", "seed"])) == expected
 
 
 def test_cells_must_be_single_grid_points():

@@ -214,22 +214,33 @@ def pick_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 
 
 def grid_point_means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """One row per grid point and epoch: its coordinates, its number of seeds (over all epochs)
-    and of diverged ones, and the mean over its seeds of `columns` (grid-point results are the
-    same on every seed). A mean needs every seed's value: a seed without it (not measured, or
-    diverged before this epoch) makes it NaN, never the other seeds' mean."""
+    """One row per grid point and epoch of the table: its coordinates, its number of seeds (over
+    all epochs), how many of them had diverged by then, and the mean over its seeds of `columns`
+    (grid-point results are the same on every seed). A mean needs every seed's value: a seed
+    without it (not measured, or diverged) makes it NaN, never the other seeds' mean; a grid
+    point whose seeds all diverged keeps its rows, empty, at the later epochs."""
+    table = table.reset_index(drop=True)
     coordinates = [c for c in COORDINATES if c in table]
-    groups = table.groupby(list(GRID_POINT), sort=True, dropna=False)
-    out = groups[coordinates].first()
-    runs = table["run" if "run" in table else "seed"]
-    points = out.index.get_level_values("grid_point")
-    out["seeds"] = runs.groupby(table["grid_point"]).nunique().reindex(points).to_numpy()
-    diverged = runs[table["state"] == "diverged"] if "state" in table else runs.iloc[:0]
-    counts = diverged.groupby(table["grid_point"]).nunique()
-    out["diverged"] = counts.reindex(points, fill_value=0).to_numpy()
+    points = table.groupby("grid_point", sort=True)
+    groups = table.groupby(list(GRID_POINT), sort=True)
+    epochs = sorted(table["epoch"].unique())
+    index = pd.MultiIndex.from_product([list(points.groups), epochs], names=list(GRID_POINT))
+    point = index.get_level_values("grid_point")
+    out = points[coordinates].first().reindex(point).set_axis(index)
+    if "run" in table:
+        seeds = points["run"].nunique()
+    else:  # rows cannot be told apart by run: as many seeds as rows at its fullest epoch
+        seeds = groups.size().groupby(level="grid_point").max()
+    out["seeds"] = seeds.reindex(point).to_numpy()
+    diverged_at: dict[str, list[int]] = {}  # grid point -> the epochs its seeds diverged at
+    if {"run", "state"} <= set(table.columns):
+        last = table[table["state"] == "diverged"].groupby(["grid_point", "run"])["epoch"].max()
+        for (name, _), epoch in last.items():
+            diverged_at.setdefault(name, []).append(epoch)
+    out["diverged"] = [sum(e <= epoch for e in diverged_at.get(p, [])) for p, epoch in index]
     for column in dict.fromkeys(columns):
-        every_seed = groups[column].count() == out["seeds"]
-        out[column] = groups[column].mean().where(every_seed)
+        counts = groups[column].count().reindex(index, fill_value=0)
+        out[column] = groups[column].mean().reindex(index).where(counts == out["seeds"])
     return out.reset_index()
 
 
