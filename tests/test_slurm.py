@@ -5,8 +5,11 @@ local processes, leaving the same run directories as a local sweep."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +115,51 @@ def test_sweep_in_local_processes(tmp_path):
     start = [(r.path / "checkpoints" / "epoch_0000.safetensors").stat().st_mtime for r in (a, b)]
     end = [(r.path / "status.json").stat().st_mtime for r in (a, b)]
     assert start[0] < end[1] and start[1] < end[0], (start, end)
+
+
+def test_a_failed_or_killed_job_is_one_failure_of_the_sweep(tmp_path):
+    """A job killed from outside (out of memory, scancel) leaves no result, and one whose task
+    raised exits non-zero: the sweep waits for the others, lists both, and exits non-zero."""
+    grid = ["width=2", "batch_size=9999,64", "seed=0,1", "epochs=15", f"out_dir={tmp_path}"]
+    output = tmp_path / "sweep.log"
+    with output.open("w") as log:
+        sweep = subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), "launcher=submitit_local", *grid],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline, jobs = time.time() + 240, tmp_path / "logs"
+
+    def ready() -> bool:  # the two bad jobs have failed and the two good ones train
+        if len(list(jobs.rglob("*_result.pkl"))) < 2 or not (tmp_path / "digits_resnet18").is_dir():
+            return False
+        return [r.state for r in runs(tmp_path)] == ["running", "running"]
+
+    while not ready():
+        assert sweep.poll() is None and time.time() < deadline, output.read_text()
+        time.sleep(0.2)
+    lock = str(runs(tmp_path)[0].path / ".lock")
+    (trainer,) = {  # the process that holds the run's lock trains it
+        int(fd.parts[2]) for fd in Path("/proc").glob("[0-9]*/fd/*") if _link(fd) == lock
+    }
+    os.kill(trainer, signal.SIGKILL)  # as the out-of-memory killer would
+    assert sweep.wait(timeout=300) == 1
+    said = output.read_text()
+    assert "ConfigError: batch_size=9999 is not allowed" in said
+    assert said.count("the job left no result") == 1
+    assert "ptmz: 3 of 4 jobs failed" in said
+    assert sorted(r.state for r in runs(tmp_path)) == ["done", "running"]  # the other trained on
+    outcomes = [pickle.loads(p.read_bytes())[0] for p in tmp_path.rglob("*_result.pkl")]
+    assert sorted(outcomes) == ["error", "error", "success"]  # failed tasks exit non-zero
+
+
+def _link(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:  # gone, or another user's
+        return None
 
 
 def test_memory_asked_for_twice_is_refused_before_submitting(tmp_path):

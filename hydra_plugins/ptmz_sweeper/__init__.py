@@ -15,6 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
+from hydra_plugins.ptmz_launcher import JobFailed
+
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +79,11 @@ class PtmzSweeper(BasicSweeper):
             failed += [r for r in results if r.status == JobStatus.FAILED]
             returns.append(results)
         for result in failed:
-            error = result._return_value  # the exception the job raised
-            log.error("failed: %s: %s: %s", " ".join(result.overrides), type(error).__name__, error)
+            error = result._return_value  # what the job raised, or why it left no result
+            said = (
+                str(error) if isinstance(error, JobFailed) else f"{type(error).__name__}: {error}"
+            )
+            log.error("failed: %s: %s", " ".join(result.overrides), said)
         if failed:
             sys.exit(f"ptmz: {len(failed)} of {launched} jobs failed (listed above)")
         log.info("%d jobs launched, none failed", launched)

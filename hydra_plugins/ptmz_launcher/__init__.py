@@ -1,0 +1,121 @@
+"""ptmz's submitit launchers (`launcher=slurm`, `launcher=submitit_local`): those of
+hydra-submitit-launcher, with two differences that matter on a cluster.
+
+- A job whose task fails exits non-zero, so SLURM records it FAILED and `--dependency=afterok`
+  or `--mail-type=FAIL` see it (Hydra's job wrapper catches the error and the job would exit 0).
+- A job that ends without a result (killed: out of memory, scancel, a node lost) or with an
+  error is one failed job of the sweep: the launcher waits for every other job and returns them
+  all, so the sweeper lists every failure and launches the next batch (the plugin's own launch
+  raises at the first such job it reads).
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import (
+    BaseQueueConf,
+    LocalQueueConf,
+    SlurmQueueConf,
+)
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """A job's failure as the launching process sees it: the job's last error line, or why it
+    left no result."""
+
+
+class _Reporting:
+    _EXECUTOR: str
+    params: dict
+
+    def __call__(self, *args, **kwargs) -> JobReturn:
+        result = super().__call__(*args, **kwargs)
+        if result.status == JobStatus.FAILED:
+            raise result._return_value  # the job process fails; its trace goes to its log
+        return result
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        import submitit
+
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
+        for number, overrides in zip(numbers, job_overrides, strict=True):
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        jobs = self._executor(submitit).map_array(
+            self,
+            [list(overrides) for overrides in job_overrides],
+            ["hydra.sweep.dir"] * len(numbers),
+            list(numbers),
+            [f"job_id_for_{number}" for number in numbers],
+            [Singleton.get_state()] * len(numbers),
+        )
+        return [
+            _outcome(job, overrides) for job, overrides in zip(jobs, job_overrides, strict=True)
+        ]
+
+    def _executor(self, submitit):
+        """A submitit executor with this launcher's parameters, named as submitit wants them:
+        the queue-independent ones plain, the others prefixed with the executor's name."""
+        own = {"submitit_folder", "max_num_timeout"}
+        plain = set(OmegaConf.structured(BaseQueueConf).keys())
+        prefix = f"{self._EXECUTOR}_"
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{prefix + k: v for k, v in self.params.items() if k == "max_num_timeout"},
+        )
+        executor.update_parameters(
+            **{k if k in plain else prefix + k: v for k, v in self.params.items() if k not in own}
+        )
+        return executor
+
+
+def _outcome(job, overrides: Sequence[str]) -> JobReturn:
+    """The job's result; a failed or vanished job as a FAILED JobReturn saying why."""
+    import submitit
+
+    try:
+        return job.results()[0]
+    except submitit.core.utils.FailedJobError as error:  # the task raised: its last line
+        trace = str(error).split("----------------------")[1].strip().splitlines()
+        why = trace[-1] if trace else str(error)
+    except submitit.core.utils.UncompletedJobError as error:  # killed from outside
+        why = f"the job left no result: {str(error).splitlines()[0]}"
+    return JobReturn(
+        overrides=list(overrides), status=JobStatus.FAILED, _return_value=JobFailed(why)
+    )
+
+
+class PtmzSlurmLauncher(_Reporting, SlurmLauncher):
+    pass
+
+
+class PtmzLocalLauncher(_Reporting, LocalLauncher):
+    pass
+
+
+@dataclass
+class PtmzSlurmConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.ptmz_launcher.PtmzSlurmLauncher"
+
+
+@dataclass
+class PtmzLocalConf(LocalQueueConf):
+    _target_: str = "hydra_plugins.ptmz_launcher.PtmzLocalLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="ptmz_slurm", node=PtmzSlurmConf)
+ConfigStore.instance().store(group="hydra/launcher", name="ptmz_local", node=PtmzLocalConf)
