@@ -184,10 +184,17 @@ def test_momentum_that_onecycle_would_override_is_refused(config):
         spec_from_config(config("recipe.momentum=0.5"))
     for held in (["recipe.cycle_momentum=false"], ["recipe.schedule=cosine"]):
         assert spec_from_config(config("recipe.momentum=0.5", *held)).recipe.momentum == 0.5
+    with pytest.raises(ConfigError, match=r"recipe.cycle_momentum=False .*schedule=onecycle"):
+        spec_from_config(config("recipe.schedule=cosine", "recipe.cycle_momentum=false"))
 
 
-def test_batch_size_one_where_batch_norm_has_values_to_normalise():
-    from ptmz.train import RunSpec
-
-    assert RunSpec(dataset="mnist", batch_size=1).batch_size == 1  # a 4x4 last stage
-    assert RunSpec(dataset="digits", model="vit", batch_size=1).batch_size == 1  # no batch norm
+def test_runs_trained_with_an_unused_momentum_stay_reachable(config, tmp_path):
+    """Before cycling was explicit, recipe.momentum=0.95 under onecycle trained (as 0.95-0.85)
+    into w8_bs32_s0-ee41d945 (the id the earlier code gave): that run is still found and
+    resumed, while a new run with an unused momentum is refused."""
+    overrides = (f"out_dir={tmp_path}", "recipe.momentum=0.95")
+    with pytest.raises(ConfigError, match="recipe.momentum=0.95"):
+        spec_from_config(config(*overrides))
+    trained = tmp_path / "digits_resnet18" / "w8_bs32_s0-ee41d945"
+    trained.mkdir(parents=True)
+    assert spec_from_config(config(*overrides)).run_dir == trained

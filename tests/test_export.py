@@ -205,6 +205,30 @@ def test_a_target_filled_while_exporting_is_not_replaced(
     assert not list(tmp_path.glob(".out.*"))  # the staging directory is gone
 
 
+def test_a_file_written_into_a_replaced_export_is_kept(
+    config, digits_population, tmp_path, monkeypatch
+):
+    import ptmz.zoo.export as export_module
+
+    out = tmp_path / "out"
+    export(config, digits_population, out)
+    check = export_module._check_target
+
+    calls = []
+
+    def check_then_the_user_writes(target, overwrite):
+        check(target, overwrite)
+        calls.append(target)
+        if len(calls) == 2:  # the check just before the export moves into place
+            (target / "thesis.txt").write_text("mine")
+
+    monkeypatch.setattr(export_module, "_check_target", check_then_the_user_writes)
+    export(config, digits_population, out, "overwrite=true")
+    (kept,) = tmp_path.glob(".out.old-*")  # the earlier export, moved aside with the file
+    assert (kept / "thesis.txt").read_text() == "mine"
+    assert_export_equals_source(out, Population(digits_population))
+
+
 def test_the_next_export_undoes_what_a_killed_one_left(config, digits_population, tmp_path):
     """An export killed (here: its leftovers made by hand, named as an export names them)
     between moving the earlier export aside and moving its own into place: the next export to

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -112,6 +113,11 @@ def test_a_corpus_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p) or read_bytes(p))
     ids = {corpus_id(tmp_path) for _ in range(32)}  # a grid's specs, each asking
     assert ids == {hashlib.sha256(joined).hexdigest()[:16]} and len(reads) == 2
+    stat = (tmp_path / "text" / "b.txt").stat()
+    (tmp_path / "text" / "b.txt").write_bytes(b"SECOND PART\n" * 100)  # same size, and
+    os.utime(tmp_path / "text" / "b.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime
+    upper = b"first part\n" * 100 + b"SECOND PART\n" * 100
+    assert corpus_id(tmp_path) == hashlib.sha256(upper).hexdigest()[:16]
     (tmp_path / "text" / "b.txt").write_bytes(b"edited\n")
     assert (
         corpus_id(tmp_path) == hashlib.sha256(b"first part\n" * 100 + b"edited\n").hexdigest()[:16]

@@ -59,14 +59,20 @@ def corpus_id(root: str | Path) -> str | None:
     files = _corpus_files(Path(root).expanduser().resolve())
     if files is None:
         return None
-    return _digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    return _digest(tuple(_fingerprint(p) for p in files))
+
+
+def _fingerprint(path: Path) -> tuple:
+    """What changes when a file is rewritten or replaced, even at its old size and mtime."""
+    stat = path.stat()
+    return str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 @lru_cache(maxsize=16)
-def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+def _digest(files: tuple[tuple, ...]) -> str:
     """The corpus hash, read once per set of unchanged files (every run spec asks for it)."""
     digest = hashlib.sha256()
-    for path, _, _ in files:
+    for path, *_ in files:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
 

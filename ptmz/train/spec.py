@@ -124,8 +124,12 @@ class RunSpec:
         _check_number("recipe.weight_decay", recipe.weight_decay, "a number >= 0", lambda v: v >= 0)
         if not isinstance(recipe.cycle_momentum, bool):
             raise ConfigError("recipe.cycle_momentum", recipe.cycle_momentum, "true or false")
+        if recipe.schedule != "onecycle" and not recipe.cycle_momentum:  # one id per training
+            allowed = "true: it only applies with recipe.schedule=onecycle"
+            raise ConfigError("recipe.cycle_momentum", False, allowed)
         cycled = recipe.schedule == "onecycle" and recipe.cycle_momentum
-        if cycled and recipe.optimizer == "sgd" and recipe.momentum != Recipe.momentum:
+        ignored = cycled and recipe.optimizer == "sgd" and recipe.momentum != Recipe.momentum
+        if ignored and not self.run_dir.exists():  # runs trained so before stay reachable
             raise ConfigError(
                 "recipe.momentum",
                 recipe.momentum,

@@ -171,6 +171,11 @@ def _is_export(path: Path) -> bool:
     )
 
 
+def _removable(path: Path) -> bool:
+    """Whether an export moved aside may go: it holds the export and nothing of the user's."""
+    return not any(path.iterdir()) or _is_export(path)
+
+
 def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError("task.out", str(out), "a directory (this is a file)")
@@ -253,7 +258,10 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
     except BaseException:
         os.replace(old, out)
         raise
-    shutil.rmtree(old)
+    if _removable(old):
+        shutil.rmtree(old)
+    else:  # a file written there after the check above: the user's, kept
+        log.warning("%s: kept, it holds files written while the export ran", old)
 
 
 def _beside(out: Path, kind: str) -> str:
@@ -286,12 +294,10 @@ def _recover_abandoned(out: Path) -> None:
                 shutil.rmtree(path)
             elif not out.exists() or (out.is_dir() and not any(out.iterdir())):
                 os.replace(path, out)
-            elif out.is_dir() and _is_export(out):
+            elif out.is_dir() and _is_export(out) and _removable(path):
                 shutil.rmtree(path)
             else:
-                log.warning(
-                    "%s: an earlier export of %s, kept (%s is not an export)", path, out, out
-                )
+                log.warning("%s: an earlier export of %s, kept (one of them is not)", path, out)
         except OSError as error:
             log.warning("%s: left from a killed export, could not be recovered: %s", path, error)
 
