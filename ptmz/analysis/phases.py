@@ -64,7 +64,8 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -80,12 +81,10 @@ class Cut:
     min_spread: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(
-            self.value is None or _is_number(self.value), "value", self.value, "a number or null"
-        )
-        fraction_ok = _is_number(self.fraction) and 0 <= self.fraction <= 1
+        _check(self.value is None or is_number(self.value), "value", self.value, "a number or null")
+        fraction_ok = is_number(self.fraction) and 0 <= self.fraction <= 1
         _check(fraction_ok, "fraction", self.fraction, "a number in [0, 1]")
-        spread_ok = _is_number(self.min_spread) and self.min_spread >= 0
+        spread_ok = is_number(self.min_spread) and self.min_spread >= 0
         _check(spread_ok, "min_spread", self.min_spread, "a number >= 0")
         _check(isinstance(self.log, bool), "log", self.log, "true or false")
 
@@ -116,7 +115,7 @@ class PhaseThresholds:
     cka_metric: tuple[str, ...] = ("cka.mean.logits", "representation_similarity")
 
     def __post_init__(self) -> None:
-        tolerance_ok = _is_number(self.mc_tolerance) and self.mc_tolerance >= 0
+        tolerance_ok = is_number(self.mc_tolerance) and self.mc_tolerance >= 0
         _check(tolerance_ok, "mc_tolerance", self.mc_tolerance, "a number >= 0")
         for role in ROLES:
             columns = getattr(self, f"{role}_metric")

@@ -50,7 +50,7 @@ from typing import Any
 
 import pandas as pd
 
-from ptmz.analysis.phases import DEFAULT, PhaseThresholds, phase_column
+from ptmz.analysis.phases import DEFAULT, PhaseThresholds, is_number, phase_column
 from ptmz.columns import GRID_KEYS, IDENTITY
 from ptmz.errors import PtmzError
 from ptmz.io import atomic_write, read_json
@@ -129,17 +129,13 @@ def flatten(result: dict[str, Any], prefix: str) -> dict[str, float]:
             continue
         if isinstance(value, dict):
             out.update(flatten(value, name))
-        elif key == "eigenvalues" and value and all(_is_number(v) for v in value):
+        elif key == "eigenvalues" and value and all(is_number(v) for v in value):
             out[f"{prefix}.top_eigenvalue"] = float(max(value))
         elif value is None:
             out[name] = math.nan
         elif isinstance(value, int | float):  # flags such as eigen_converged become 1.0 / 0.0
             out[name] = float(value)
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _result_files(directory: Path) -> Iterator[tuple[str, int, Path]]:
@@ -176,7 +172,7 @@ def _record_columns(record: dict[str, Any], taken: set[str]) -> dict[str, float]
     for key, value in record.items():
         if key == "epoch" or key in _TUNE_BOOKKEEPING:
             continue
-        if value is None or _is_number(value):
+        if value is None or is_number(value):
             name = f"record.{key}" if key in taken else key
             # published lines may hold Infinity; ptmz's own records store it as null
             finite = value is not None and math.isfinite(value)

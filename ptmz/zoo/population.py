@@ -59,6 +59,7 @@ class Run:
     path: Path
     config: dict[str, Any]  # at least: dataset, model, and the GRID_KEYS
     format: str  # "ptmz" | "published"
+    state: str = "done"  # or "diverged" (a ptmz run); published trials with checkpoints: done
 
     @property
     def grid(self) -> dict[str, Any]:
@@ -80,11 +81,6 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
-
-    @property
-    def state(self) -> str:
-        """done, diverged, running ... (a published trial with checkpoints counts as done)."""
-        return RunDir(self.path).state if self.format == "ptmz" else "done"
 
     @cached_property
     def records(self) -> list[dict[str, Any]]:
@@ -151,8 +147,8 @@ class Run:
         return model
 
 
-def _ptmz_run(path: Path) -> Run:
-    return Run(path, RunDir(path).config, "ptmz")
+def _ptmz_run(run: RunDir) -> Run:
+    return Run(run.path, run.config, "ptmz", run.state)
 
 
 def _published_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -242,8 +238,8 @@ class Population:
             raise ConfigError("population", str(self.path), "an existing directory of runs")
         found = [RunDir(p.parent) for p in sorted(self.path.rglob("config.json"))]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
-        runs = [_ptmz_run(d.path) for d in found if d.state == "done"]
-        self.diverged = [_ptmz_run(d.path) for d in found if d.state == "diverged"]
+        runs = [_ptmz_run(d) for d in found if d.state == "done"]
+        self.diverged = [_ptmz_run(d) for d in found if d.state == "diverged"]
         trials = sorted(self.path.rglob("params.json"))
         published = [_published_run(p.parent, self.dataset) for p in trials]
         self.unfinished += [
