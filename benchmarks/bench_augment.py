@@ -19,7 +19,7 @@ from PIL import Image
 from published import published_transform
 
 from ptmz.data import Augment, DeviceLoader, Split
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -48,8 +48,8 @@ def main() -> None:
     loader = DeviceLoader(
         split,
         args.batch,
-        CIFAR_MEAN,
-        CIFAR_STD,
+        CIFAR10_MEAN,
+        CIFAR10_STD,
         torch.device("cpu"),
         Augment(4, True, 20),
         torch.Generator().manual_seed(0),

@@ -2,7 +2,7 @@
 
 import torchvision.transforms as T
 
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 
 
 def published_transform() -> T.Compose:
@@ -13,6 +13,6 @@ def published_transform() -> T.Compose:
             T.RandomHorizontalFlip(),
             T.RandomRotation(20),
             T.ToTensor(),
-            T.Normalize(CIFAR_MEAN, CIFAR_STD),
+            T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
         ]
     )

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ptmz.data import DatasetNotFound, DeviceLoader, Split, load_dataset
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from ptmz.models import build_model
 from ptmz.train.loop import (
     build_optimizer,
@@ -169,7 +169,13 @@ class Ptmz:
     ):
         recipe = Recipe()  # the published recipe: SGD 0.9 / 5e-4, OneCycle, crop+flip+rot20
         self.loader = DeviceLoader(
-            split, args.batch, CIFAR_MEAN, CIFAR_STD, device, recipe.augment, data_generator(seed)
+            split,
+            args.batch,
+            CIFAR10_MEAN,
+            CIFAR10_STD,
+            device,
+            recipe.augment,
+            data_generator(seed),
         )
         self.model = prepare_model(make_model(width, device, seed), device, step != "compile")
         self.gradients = model_gradients(self.model, precision=precision, **step_options(step))

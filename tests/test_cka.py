@@ -107,6 +107,35 @@ def test_biased_cka_equals_feature_space_formula_on_centred_features():
     assert linear_cka(x, y, unbiased=False) == pytest.approx(expected.item(), rel=1e-12)
 
 
+def reference_cka(x: np.ndarray, y: np.ndarray, unbiased: bool) -> float:
+    """CKA in float64 numpy from the estimators' formulas (the unbiased one as checked against
+    the U-statistic above), on features given without an offset."""
+
+    def hsic_np(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+        n = len(k)
+        if not unbiased:
+            h = np.eye(n) - np.ones((n, n)) / n
+            return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+        k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))  # noqa: E741
+        sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
+        return (np.trace(k @ l) + sums - 2 * k.sum(0) @ l.sum(1) / (n - 2)) / (n * (n - 3))
+
+    k, l = x @ x.T, y @ y.T  # noqa: E741
+    return hsic_np(k, l) / np.sqrt(hsic_np(k, k) * hsic_np(l, l))
+
+
+@ESTIMATORS
+@pytest.mark.parametrize("offset", [1e2, 1e3, 1e4, 1e6])
+def test_a_large_feature_mean_cancels_no_digits(unbiased, offset):
+    """Features far from zero (logits with a large common offset) give the CKA of the same
+    features without the offset: the Gram matrices are formed from centred features."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(128, 10, generator=g, dtype=torch.float64)
+    y = related(x, seed=8)
+    expected = reference_cka(x.numpy(), y.numpy(), unbiased)
+    assert linear_cka(x + offset, y - offset, unbiased) == pytest.approx(expected, abs=1e-9)
+
+
 # --- CKA properties ------------------------------------------------------------------------------
 
 

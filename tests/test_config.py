@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
 
+from ptmz.data.datasets import normalization
 from ptmz.errors import ConfigError
 from ptmz.tasks import run_task
 from ptmz.tasks.train import spec_from_config
+from ptmz.train import RunSpec
 
 from conftest import ROOT, launch
 
@@ -28,11 +32,15 @@ def grid_size(cfg) -> int:
 
 @pytest.mark.parametrize("zoo", PUBLISHED)
 def test_published_zoos_have_recipe_and_192_run_grid(config, zoo):
+    """Each zoo as its published training script ran it: SVHN without the flip, TinyImageNet
+    for 100 epochs, the dataset's own normalisation."""
     cfg = config(f"zoo={zoo}", hydra=True)
     spec = spec_from_config(cfg)
-    assert (spec.zoo, spec.dataset, spec.model) == (zoo, zoo.split("_")[0], zoo.split("_")[1])
+    dataset = zoo.split("_")[0]
+    assert (spec.zoo, spec.dataset, spec.model) == (zoo, dataset, zoo.split("_")[1])
+    epochs = 100 if dataset == "tinyimagenet" else 150
     assert (spec.epochs, spec.lr, spec.recipe.optimizer, spec.recipe.schedule) == (
-        150,
+        epochs,
         0.1,
         "sgd",
         "onecycle",
@@ -42,10 +50,30 @@ def test_published_zoos_have_recipe_and_192_run_grid(config, zoo):
         spec.recipe.augment.crop_padding,
         spec.recipe.augment.hflip,
         spec.recipe.augment.rotation,
-    ) == (4, True, 20)
+    ) == (4, dataset != "svhn", 20)
+    assert spec.normalization == normalization(dataset)
     assert grid_size(cfg) == 192
     assert cfg.hydra.sweeper.params.width == "2,4,8,16,32,64,128,256"
     assert cfg.hydra.sweeper.params.batch_size == "8,16,32,64,128,256,512,1024"
+
+
+@pytest.mark.parametrize("zoo", PUBLISHED)
+def test_runs_normalised_otherwise_than_before_get_new_ids(config, zoo):
+    """CIFAR-100, SVHN and TinyImageNet runs trained under ptmz's former constants must not
+    resume or mix with runs trained under the published ones: the normalisation is in their
+    id. CIFAR-10's constants did not change, nor do its ids."""
+    spec = spec_from_config(config(f"zoo={zoo}"))
+    before = {k: v for k, v in spec.identity.items() if k != "normalization"}
+    digest_before = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
+    changed = spec.dataset != "cifar10"
+    assert ("normalization" in spec.identity) == changed
+    assert (spec.digest != digest_before) == changed
+
+
+def test_a_normalization_other_than_the_datasets_is_refused(config):
+    with pytest.raises(ConfigError, match=r"normalization=.*\(dataset=svhn's\)"):
+        RunSpec(dataset="svhn", normalization=((0.5,) * 3, (0.25,) * 3))
+    assert RunSpec(dataset="svhn").normalization == normalization("svhn")
 
 
 def test_default_is_the_offline_digits_zoo(config):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ptmz.data import DatasetNotFound, load_dataset, stratified_subset
+from ptmz.data.datasets import normalization
 from ptmz.errors import ConfigError
 
 from conftest import write_idx
@@ -35,7 +36,11 @@ def test_mnist_family_reads_idx_files(tmp_path, name, folder):
 
 
 def test_tinyimagenet_standard_layout(tmp_path):
+    """Class k is line k of wnids.txt, as in the published zoos; the file is deliberately not
+    sorted here, so sorting the folder names would swap the labels."""
     base = tmp_path / "tiny-imagenet-200"
+    base.mkdir()
+    (base / "wnids.txt").write_text("n01629819\nn01443537\n")
     colours = {"n01443537": 40, "n01629819": 200}
     for wnid, value in colours.items():
         folder = base / "train" / wnid / "images"
@@ -57,12 +62,31 @@ def test_tinyimagenet_standard_layout(tmp_path):
 
     data = load_dataset("tinyimagenet", tmp_path)
     assert data.train.images.shape == (6, 3, 64, 64) and data.train.images.dtype == torch.uint8
-    assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert data.test.labels.tolist() == [1, 0]
+    # train files come in path order: n01443537's (line 2 of wnids.txt) first
+    assert data.train.labels.tolist() == [1, 1, 1, 0, 0, 0]
+    assert data.test.labels.tolist() == [0, 1]
     # JPEG is lossy, but a flat colour survives to within a few levels
     assert (data.test.images[0].float().mean() - 200).abs() < 3
     assert (data.test.images[1].float().mean() - 40).abs() < 3
     assert data.num_classes == 200
+
+
+@pytest.mark.parametrize(
+    "name, mean, std",
+    [
+        (
+            "cifar10",
+            [m / 255 for m in (125.3, 123.0, 113.9)],
+            [s / 255 for s in (63.0, 62.1, 66.7)],
+        ),
+        ("cifar100", (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+        ("svhn", (0.4377, 0.4438, 0.4728), (0.198, 0.201, 0.197)),
+        ("tinyimagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+    ],
+)
+def test_each_dataset_is_normalised_as_its_published_zoo(name, mean, std):
+    """The Normalize constants of each published zoo's training script."""
+    assert normalization(name) == (pytest.approx(tuple(mean)), pytest.approx(tuple(std)))
 
 
 def test_missing_dataset_names_dataset_path_and_remedy(tmp_path):

@@ -89,3 +89,42 @@ def test_two_copies_of_a_zoo_are_refused(digits_population, published_population
     shutil.copytree(trial, trial.with_name(trial.name + "_again"))  # a trial run twice
     with pytest.raises(PtmzError, match=r"holds seeds \[0, 0, 1\].*the same run twice"):
         Population(trials).grid_points()
+
+
+def test_a_published_experiments_own_config_is_not_a_run(published_population, tmp_path):
+    import json
+    import shutil
+
+    path = shutil.copytree(published_population, tmp_path / "published")
+    (path / "config.json").write_text(json.dumps({"name": "tune_zoo_digits", "num_samples": 1}))
+    population = Population(path)
+    assert len(population) == 3 and population.unfinished == []
+
+
+def test_published_runs_are_measured_at_the_published_landscape_epoch(
+    config, digits_population, published_population, monkeypatch, tmp_path
+):
+    """Population tasks default to the epoch the published zoo measured (115 for CIFAR-10
+    ResNet-18 ...); here the digits fixture is given epoch 2 of its 0..3."""
+    from ptmz.errors import MissingCheckpoint
+    from ptmz.tasks import run_task
+    from ptmz.tasks.averaging import averaged_epochs
+    from ptmz.zoo import population as module
+
+    assert module.PUBLISHED_LANDSCAPE_EPOCH[("cifar10", "Resnet18_width")] == 115
+    assert module.PUBLISHED_LANDSCAPE_EPOCH[("tinyimagenet", "Resnet50_width")] == 100
+    monkeypatch.setitem(module.PUBLISHED_LANDSCAPE_EPOCH, ("digits", "Resnet18_width"), 2)
+    published, ours = Population(published_population).runs[0], Population(digits_population)
+    assert published.resolve_epoch(None) == 2 and published.resolve_epoch(3) == 3
+    assert ours.runs[0].resolve_epoch(None) == 3  # ptmz runs: their last checkpoint
+    assert averaged_epochs(published, None, last=2) == [1, 2]  # the published 111-115 rule
+
+    import shutil
+
+    copy = shutil.copytree(published_population, tmp_path / "published")
+    assert run_task(config("task=cka", f"population={copy}"))["computed"] == 2  # 2 grid points
+    assert {p.name for p in (copy / "landscape").rglob("*.json")} == {"cka_epoch_0002.json"}
+
+    monkeypatch.setitem(module.PUBLISHED_LANDSCAPE_EPOCH, ("digits", "Resnet18_width"), 9)
+    with pytest.raises(MissingCheckpoint, match=r"the default, epoch 9, is where the published"):
+        published.resolve_epoch(None)

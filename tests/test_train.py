@@ -16,7 +16,7 @@ import torch
 import ptmz.objectives
 import ptmz.train.run
 from ptmz.data import Augment, DeviceLoader, Split
-from ptmz.data.datasets import CIFAR_MEAN, CIFAR_STD
+from ptmz.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from ptmz.data.loader import batch_bounds
 from ptmz.errors import PtmzError
 from ptmz.objectives import cross_entropy
@@ -351,7 +351,7 @@ def test_cpu_gradients_equal_float64_ones_from_channels_last_batches(layout, wid
     else:
         split = Split(images.permute(0, 3, 1, 2).contiguous(), labels)
         augment = Augment(crop_padding=4, hflip=True, rotation=0)
-    loader = DeviceLoader(split, 16, CIFAR_MEAN, CIFAR_STD, cpu, augment, generator)
+    loader = DeviceLoader(split, 16, CIFAR10_MEAN, CIFAR10_STD, cpu, augment, generator)
     x, y = next(iter(loader))
     torch.manual_seed(0)
     model = prepare_model(ptmz.train.run.build_model("resnet18", width, 3, 10), cpu)

@@ -157,20 +157,22 @@ def _torchvision_pair(cls_name: str, channels_last: bool = False) -> Loader:
 
 
 def _tinyimagenet(root: Path, download: bool) -> tuple[Split, Split]:
-    """The standard tiny-imagenet-200 folder: train/<wnid>/images/*, val/images + annotations."""
+    """The standard tiny-imagenet-200 folder: wnids.txt, train/<wnid>/images/*, val/images +
+    annotations."""
     from PIL import Image
 
     base = root / "tiny-imagenet-200"
-    annotations = base / "val" / "val_annotations.txt"
-    if not (base / "train").is_dir() or not annotations.is_file():
+    annotations, wnids = base / "val" / "val_annotations.txt", base / "wnids.txt"
+    if not (base / "train").is_dir() or not annotations.is_file() or not wnids.is_file():
         raise DatasetNotFound(
             "tinyimagenet",
             base,
-            "Unpack tiny-imagenet-200.zip there (train/<wnid>/images/*.JPEG, "
+            "Unpack tiny-imagenet-200.zip there (wnids.txt, train/<wnid>/images/*.JPEG, "
             "val/images/*.JPEG, val/val_annotations.txt); it is not downloaded automatically.",
         )
-    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
-    index = {wnid: i for i, wnid in enumerate(classes)}
+    # class k is the k-th line of wnids.txt, as in the published zoos (not sorted: the
+    # file's order is not alphabetical)
+    index = {wnid: i for i, wnid in enumerate(wnids.read_text().split())}
 
     def read(files: list[Path], labels: list[int]) -> Split:
         images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
@@ -184,22 +186,55 @@ def _tinyimagenet(root: Path, download: bool) -> tuple[Split, Split]:
     return read(*map(list, zip(*train, strict=True))), read(*map(list, zip(*val, strict=True)))
 
 
-CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+# The constants each published zoo normalised with (its training script's Normalize):
+# CIFAR-10's are per-channel statistics in 0..255 units; the others differ per dataset, and
+# TinyImageNet's are ImageNet's rather than its own.
+CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# name -> (loader, classes, mean, std). The published CIFAR/SVHN zoos share one normalisation.
-# Points (convection) and token windows (text) are used as they are: no mean and std.
+# name -> (loader, classes, mean, std). Points (convection) and token windows (text) are used
+# as they are: no mean and std.
 DATASETS: dict[str, tuple[Loader, int, tuple | None, tuple | None]] = {
     "digits": (_digits, 10, (0.3053,), (0.3759,)),
-    "cifar10": (_torchvision_pair("CIFAR10", channels_last=True), 10, CIFAR_MEAN, CIFAR_STD),
-    "cifar100": (_torchvision_pair("CIFAR100", channels_last=True), 100, CIFAR_MEAN, CIFAR_STD),
-    "svhn": (_torchvision_pair("SVHN"), 10, CIFAR_MEAN, CIFAR_STD),
+    "cifar10": (_torchvision_pair("CIFAR10", channels_last=True), 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (
+        _torchvision_pair("CIFAR100", channels_last=True),
+        100,
+        (0.5071, 0.4867, 0.4408),
+        (0.2675, 0.2565, 0.2761),
+    ),
+    "svhn": (_torchvision_pair("SVHN"), 10, (0.4377, 0.4438, 0.4728), (0.198, 0.201, 0.197)),
     "mnist": (_torchvision_pair("MNIST"), 10, (0.1307,), (0.3081,)),
     "fashionmnist": (_torchvision_pair("FashionMNIST"), 10, (0.2860,), (0.3530,)),
-    "tinyimagenet": (_tinyimagenet, 200, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+    "tinyimagenet": (_tinyimagenet, 200, IMAGENET_MEAN, IMAGENET_STD),
     "convection": (convection_points, 1, None, None),
     "text": (text_windows, VOCAB, None, None),
 }
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]] | None
+
+
+def normalization(dataset: str) -> Normalization:
+    """(mean, std) per channel in [0, 1] that `dataset`'s images are normalised with."""
+    _, _, mean, std = choose("dataset", dataset, DATASETS)
+    return None if mean is None else (mean, std)
+
+
+# What ptmz normalised with before it matched the published zoos per dataset (CIFAR-10's
+# constants for CIFAR-100 and SVHN, TinyImageNet's own statistics): runs trained so carry no
+# `normalization` in their config and are told apart from runs trained since.
+SUPERSEDED_NORMALIZATION: dict[str, Normalization] = {
+    "cifar100": (CIFAR10_MEAN, CIFAR10_STD),
+    "svhn": (CIFAR10_MEAN, CIFAR10_STD),
+    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+}
+
+
+def first_normalization(dataset: str) -> Normalization:
+    """The normalisation of `dataset`'s runs whose config does not record one."""
+    return SUPERSEDED_NORMALIZATION.get(dataset, normalization(dataset))
 
 
 # name -> what its inputs are, where they are not images; models say which kind they read

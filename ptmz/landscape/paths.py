@@ -5,7 +5,10 @@ statistics are recomputed on unaugmented training data (a point between two netw
 valid statistics of its own), then train and test loss and error are measured in eval mode.
 
 Definitions (E(t) = loss or error at t, m = (E(0) + E(1)) / 2):
-- `barrier` (straight line): max_t E(t) - m. Positive = the line climbs over a barrier.
+- `barrier` (straight line; Frankle et al. 2020, Entezari et al. 2022): the largest rise above
+  the chord between the ends, max_t [E(t) - ((1 - t) E(0) + t E(1))] over the evaluated t.
+  Positive = the line climbs over a barrier; 0 = never above the chord (a path that only
+  descends has none, whatever its ends).
 - `mc` (curve; Yang et al. 2021 and the published zoo): t* maximises |E(t) - m| over the
   evaluated t, endpoints included, and mc = m - E(t*). Negative mc = a barrier remains on the
   curve; positive = the curve is better than its ends; ~0 = connected.
@@ -50,11 +53,15 @@ def mode_connectivity(values: Sequence[float], interior: bool = False, tol: floa
     return mean_ends - extreme
 
 
-def barrier(values: Sequence[float]) -> float:
-    """max_t E(t) - (E(0) + E(1)) / 2; NaN for a path with a non-finite E(t)."""
+def barrier(values: Sequence[float], ts: Sequence[float] | None = None) -> float:
+    """max_t [E(t) - ((1 - t) E(0) + t E(1))] over the evaluated `ts` (default: evenly spaced
+    from 0 to 1); NaN for a path with a non-finite E(t)."""
     if not all(math.isfinite(e) for e in values):
         return math.nan
-    return max(values) - (values[0] + values[-1]) / 2
+    if ts is None:
+        ts = [i / (len(values) - 1) for i in range(len(values))]
+    ends = values[0], values[-1]
+    return max(e - ((1 - t) * ends[0] + t * ends[1]) for t, e in zip(ts, values, strict=True))
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def interpolation_metrics(
 ) -> dict:
     """Loss/error along the straight line from a to b and its barrier."""
     path = evaluate_path(model, lambda t: lerp(a, b, t), path_ts(points), data)
-    return {**_summaries(path, barrier, "barrier"), "path": path}
+    return {**_summaries(path, partial(barrier, ts=path["t"]), "barrier"), "path": path}
 
 
 @dataclass(frozen=True)

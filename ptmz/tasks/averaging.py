@@ -44,12 +44,15 @@ from ptmz.zoo.results import run_result
 
 def averaged_epochs(run: Run, epochs: list[int] | None, last: int) -> list[int]:
     """The epochs to average, in order: those named (each must be checkpointed), or the last
-    `last` checkpoints of the run. The latest is the final model they are compared with."""
+    `last` checkpoints up to the run's default epoch (its last; a published zoo's landscape
+    epoch, so 111-115 for CIFAR ResNet-18 as published). The latest is the final model they
+    are compared with."""
     if epochs:
         return sorted({run.resolve_epoch(e) for e in epochs})
     if last < 1:
         raise ConfigError("task.last", last, "an integer >= 1")
-    return run.checkpoint_epochs[-last:]
+    final = run.resolve_epoch(None)
+    return [e for e in run.checkpoint_epochs if e <= final][-last:]
 
 
 def measure(ws: Workspace, model: torch.nn.Module, run: Run) -> dict[str, float]:

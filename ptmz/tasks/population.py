@@ -29,8 +29,9 @@ from ptmz.data import (
     load_dataset,
     stratified_subset,
 )
+from ptmz.data.datasets import first_normalization, normalization
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, MissingCheckpoint
+from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -79,6 +80,7 @@ class Workspace:
     def data(self) -> ImageDataset:
         if self.population.dataset == "text":
             self._check_corpus()
+        self._check_normalization()
         return load_dataset(self.population.dataset, self.cfg.data_root, self.cfg.dataset.download)
 
     def _check_corpus(self) -> None:
@@ -94,6 +96,25 @@ class Workspace:
                 self.cfg.data_root,
                 f"the folder holding what the zoo trained on ({', '.join(named)}); it holds "
                 + (f"corpus {here}" if here else "no corpus, so the generated one"),
+            )
+
+    def _check_normalization(self) -> None:
+        """Runs are measured on inputs normalised as they were trained: ptmz runs trained under
+        a dataset's superseded constants (SUPERSEDED_NORMALIZATION) are refused, not fed
+        inputs on another scale."""
+        dataset = self.population.dataset
+        former, published = first_normalization(dataset), normalization(dataset)
+        old = [
+            run.name
+            for run in self.population.runs
+            if run.format == "ptmz" and "normalization" not in run.config and former != published
+        ]
+        if old:
+            raise PtmzError(
+                f"{len(old)} runs of {self.population.path} (e.g. {old[0]}) were trained with "
+                f"ptmz's former {dataset} normalisation {former}, not the published {published} "
+                "it uses now; retrain them (they train afresh under new run ids) or measure "
+                "them with the ptmz that trained them"
             )
 
     def objective(self, run: Run) -> Objective:
@@ -151,7 +172,9 @@ def shard(units: Sequence[Unit], name: Callable[[Unit], str], cfg: DictConfig) -
 
 
 def common_epoch(runs: Sequence[Run], epoch: int | None) -> int:
-    """`epoch` checked on every run, or the latest epoch checkpointed by all of them."""
+    """`epoch` checked on every run, or by default the published landscape epoch (published
+    zoos) or else the latest epoch checkpointed by all of them."""
+    epoch = runs[0].landscape_epoch if epoch is None else epoch
     if epoch is not None:
         return [run.resolve_epoch(epoch) for run in runs][0]
     shared = set.intersection(*(set(run.checkpoint_epochs) for run in runs))

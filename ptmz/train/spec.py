@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ptmz.data.augment import Augment
-from ptmz.data.datasets import DATASETS, INPUT_SHAPES, input_kind
+from ptmz.data.datasets import (
+    DATASETS,
+    INPUT_SHAPES,
+    Normalization,
+    first_normalization,
+    input_kind,
+    normalization,
+)
 from ptmz.errors import ConfigError, choose
 from ptmz.models import MODELS, reads, smallest_batch
 
@@ -57,6 +64,9 @@ class RunSpec:
     eval_precision: str = "fp32"  # bf16: the epochs' evaluations under bf16 autocast
     beta: float | None = None  # the convection coefficient (dataset=convection only)
     corpus: str | None = None  # dataset=text: its corpus (`corpus_id`); None: the generated one
+    # the dataset's (mean, std), filled in from the registry: part of the identity because
+    # ptmz once normalised CIFAR-100, SVHN and TinyImageNet otherwise (SUPERSEDED_NORMALIZATION)
+    normalization: Normalization = None
 
     out_dir: str = "zoos"
     data_root: str = "data"
@@ -74,6 +84,7 @@ class RunSpec:
             _floats_as_float(part)
         choose("model", self.model, MODELS)
         choose("dataset", self.dataset, DATASETS)
+        _fill_normalization(self)
         _check_inputs(self.model, self.dataset, self.recipe.augment)
         choose("recipe.optimizer", self.recipe.optimizer, dict.fromkeys(OPTIMIZERS))
         choose("recipe.schedule", self.recipe.schedule, dict.fromkeys(SCHEDULES))
@@ -160,6 +171,8 @@ class RunSpec:
         recipe = Recipe(augment=augment, **_known(Recipe, recipe, "recipe."))
         if isinstance(values.get("checkpoints"), list | tuple):
             values["checkpoints"] = tuple(values["checkpoints"])
+        if values.get("normalization") is not None:  # stored as JSON lists
+            values["normalization"] = tuple(tuple(v) for v in values["normalization"])
         return cls(recipe=recipe, **_known(cls, values, ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,13 +236,34 @@ LATER_DEFAULTS = {
 
 
 def without_later_defaults(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`values` (an identity or a stored config) without the keys at their "as before" value.
+    A run's normalisation is "as before" when it is what its dataset's runs had before the key
+    existed, so new CIFAR-100, SVHN and TinyImageNet runs get ids of their own."""
     out = {}
     for key, value in values.items():
         name = prefix + key
         if name in LATER_DEFAULTS and value == LATER_DEFAULTS[name]:
             continue
+        if name == "normalization" and _as_json(value) == _as_json(
+            first_normalization(values.get("dataset"))
+        ):
+            continue
         out[key] = without_later_defaults(value, f"{name}.") if isinstance(value, dict) else value
     return out
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _fill_normalization(spec: RunSpec) -> None:
+    """Set the dataset's normalisation; another one given is refused (the loaders use the
+    dataset's)."""
+    expected = normalization(spec.dataset)
+    given = spec.normalization
+    if given is not None and _as_json(given) != _as_json(expected):
+        raise ConfigError("normalization", given, f"{expected} (dataset={spec.dataset}'s) or null")
+    object.__setattr__(spec, "normalization", expected)
 
 
 def _floats_as_float(obj: Any) -> None:

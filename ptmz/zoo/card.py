@@ -62,7 +62,8 @@ DEFINITIONS = (
     (
         r"interpolate\.mean\.barrier_\w+",
         "straight-line barrier between two seeds: "
-        "max_t E(t) - (E(0) + E(1)) / 2; positive = a barrier",
+        "max_t [E(t) - ((1 - t) E(0) + t E(1))], the largest rise above the chord between the "
+        "ends (Frankle et al. 2020); positive = a barrier, 0 = none",
     ),
     (
         r"(average_epochs|average_seeds)\.\S+",

@@ -48,6 +48,19 @@ NOT_GRID = {
     "params",
 }
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+# The epoch at which each published zoo's landscape metrics (Hessian, CKA, curves, averaging)
+# were measured, by dataset and `model::type`: its compute_* scripts' NUM_EPOCH. Population
+# tasks measure published runs there unless told `epoch=...`.
+PUBLISHED_LANDSCAPE_EPOCH = {
+    ("cifar10", "Resnet18_width"): 115,
+    ("cifar100", "Resnet18_width"): 115,
+    ("cifar10", "Resnet50_width"): 125,
+    ("cifar100", "Resnet50_width"): 125,
+    ("svhn", "Resnet18_width"): 135,
+    ("svhn", "Resnet50_width"): 135,
+    ("tinyimagenet", "Resnet18_width"): 90,
+    ("tinyimagenet", "Resnet50_width"): 100,
+}
 # published params that differ between the seeds of one grid point, or say where a run ran
 _PUBLISHED_PER_RUN = re.compile(r"^seed$|dump|device|cuda|workers|resources")
 
@@ -100,13 +113,30 @@ class Run:
             if (m := _CHECKPOINT_DIR.match(p.name)) and (p / "checkpoints").is_file()
         )
 
+    @property
+    def landscape_epoch(self) -> int | None:
+        """The epoch the published zoo measured this run's landscape at (None: ptmz runs and
+        published zoos without one; they are measured at their last checkpoint)."""
+        if self.format != "published":
+            return None
+        return PUBLISHED_LANDSCAPE_EPOCH.get((self.config["dataset"], self.config["model"]))
+
     def resolve_epoch(self, epoch: int | None) -> int:
-        """`epoch`, or the last checkpoint when None; an epoch without weights is named."""
+        """`epoch`, or by default the published landscape epoch or else the last checkpoint;
+        an epoch without weights is named."""
         available = self.checkpoint_epochs
         if not available:
             raise PtmzError(f"{self.path}: no checkpoints")
-        if epoch is None:
+        if epoch is None and self.landscape_epoch is None:
             return available[-1]
+        if epoch is None:
+            epoch = self.landscape_epoch
+            if epoch not in available:
+                allowed = (
+                    f"a checkpointed epoch of {self.path}: {available} (the default, epoch "
+                    f"{epoch}, is where the published zoo measured its landscape)"
+                )
+                raise MissingCheckpoint("epoch", None, allowed)
         if epoch not in available:
             allowed = f"a checkpointed epoch of {self.path}: {available}"
             raise MissingCheckpoint("epoch", epoch, allowed)
@@ -236,11 +266,17 @@ class Population:
         self.path = Path(self.path).expanduser().resolve()
         if not self.path.is_dir():
             raise ConfigError("population", str(self.path), "an existing directory of runs")
-        found = [RunDir(p.parent) for p in sorted(self.path.rglob("config.json"))]
+        trials = sorted(self.path.rglob("params.json"))
+        # a published experiment keeps its own config.json above its trials: not a run
+        experiments = {parent for t in trials for parent in t.parents}
+        found = [
+            RunDir(p.parent)
+            for p in sorted(self.path.rglob("config.json"))
+            if p.parent not in experiments
+        ]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
         runs = [_ptmz_run(d) for d in found if d.state == "done"]
         self.diverged = [_ptmz_run(d) for d in found if d.state == "diverged"]
-        trials = sorted(self.path.rglob("params.json"))
         published = [_published_run(p.parent, self.dataset) for p in trials]
         self.unfinished += [
             (r.path, "no checkpoints") for r in published if not r.checkpoint_epochs
