@@ -97,6 +97,27 @@ def test_changed_thresholds_change_the_phases():
     assert no_high["w8_bs256"] == "III"
 
 
+def test_high_loss_means_the_training_data_is_not_fit():
+    """Where the table has a train error, "high loss" is an absolute cut on it (5% of the
+    training set misclassified), not a split of the population's range: a zoo whose models
+    all fit has no high-loss grid point, however its train losses spread."""
+    table = synthetic_table()
+    high = table["train_loss"] > 1  # the phase I and II points
+    table["train_error"] = np.where(high, 0.30, 0.01)
+    expected = phases_of(synthetic_table())
+    assert phases_of(table) == expected
+    applied = classify_phases(table).thresholds["loss"]
+    assert (applied.column, applied.value) == ("train_error", 0.05)
+
+    table["train_error"] = np.where(high, 0.04, 0.0)  # every model fits
+    all_fit = phases_of(table)
+    assert all_fit["w2_bs256"] is None and all_fit["w2_bs16"] is None  # large Hessian, low loss
+    assert {all_fit[p] for p in ("w8_bs256", "w8_bs64", "w8_bs16")} == {"III", "IV-A", "IV-B"}
+    # the range rule on the train loss, on request: the old split comes back
+    by_loss = phases_of(table, PhaseThresholds(fit_metric=()))
+    assert by_loss == expected
+
+
 def test_missing_or_contradicting_metrics_give_no_phase():
     extra = {
         "no mc": ((4, 16), 0.01, 10.0, np.nan, 0.9),
@@ -249,7 +270,8 @@ def published_with_landscape_keys(published_population, tmp_path):
     """The published population with landscape values of the published zoo on the last
     result.json line, and ray.tune's bookkeeping on every line."""
     path = shutil.copytree(published_population, tmp_path / "published")
-    values = {32: (-0.2, 0.9, 2.0), 64: (0.05, 0.8, 5.0)}  # mc, CKA, log Hessian trace
+    # mc of the train error in percent, as the published curve code records it; CKA; log trace
+    values = {32: (-20.0, 0.9, 2.0), 64: (5.0, 0.8, 5.0)}
     for trial in sorted(path.iterdir()):
         batch_size = json.loads((trial / "params.json").read_text())["training::batchsize"]
         lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
@@ -275,14 +297,16 @@ def test_collect_reads_the_landscape_keys_of_published_result_lines(
     table = pd.read_parquet(path / "results.parquet")
     assert len(table) == 12 and set(table["format"]) == {"published"}
     final = table[table["epoch"] == 3]
-    assert sorted(final["curve_mc_train_error"]) == [-0.2, -0.2, 0.05]
+    # percent read as fractions, like ptmz's own errors, so mc_tolerance means the same
+    assert sorted(final["curve_mc_train_error"]) == pytest.approx([-0.2, -0.2, 0.05])
     assert sorted(final["log_hessian_trace_train"]) == [2.0, 2.0, 5.0]
     assert final["wiseft_acc_test_delta"].tolist() == [0.01] * 3
     assert table.loc[table["epoch"] < 3, "representation_similarity"].isna().all()
     for bookkeeping in ("training_iteration", "timestamp", "done", "date", "config"):
         assert bookkeeping not in table.columns
-    # the classification reads the published columns; the log trace is cut as it is
-    thresholds = PhaseThresholds(loss=Cut(value=100.0), hessian=Cut(value=3.0))
+    # the classification reads the published columns; the log trace is cut as it is (and the
+    # train loss, not the fit, decides "high loss" here: every loss is below 100)
+    thresholds = PhaseThresholds(fit_metric=(), loss=Cut(value=100.0), hessian=Cut(value=3.0))
     result = classify_phases(table, thresholds)
     assert result.thresholds["hessian"].column == "log_hessian_trace_train"
     assert result.thresholds["mc"].column == "curve_mc_train_error"
@@ -328,7 +352,7 @@ def test_plot_draws_what_exists_and_notes_what_does_not(config, digits):
     cka_cells = cka_axes.images[0].get_array()
     assert not np.ma.is_masked(loss_cells[1, 0]) and np.ma.is_masked(cka_cells[1, 0])
     texts = " ".join(t.get_text() for t in fig.texts + [t for s in fig.subfigs for t in s.texts])
-    assert "train loss high above" in texts and "mc ~ 0 within" in texts
+    assert "high train loss (no fit) above (train_error) 0.05" in texts and "mc ~ 0 within" in texts
 
 
 def test_plot_defaults_to_the_latest_epoch_whose_phases_can_be_told(config, digits):
@@ -386,7 +410,7 @@ def test_a_diverged_seed_is_in_the_table_and_empties_its_grid_point(digits):
     assert grid.loc[(point, 3), "seeds"] == 2 and grid.loc[(point, 3), "diverged"] == 1
     assert np.isnan(grid.loc[(point, 3), "loss"])  # not the surviving seed's loss alone
     assert "1 of 2 seeds diverged" in grid.loc[(point, 3), "reason"]
-    both = table[(table["grid_point"] == point) & (table["epoch"] == 1)]["train_loss"]
+    both = table[(table["grid_point"] == point) & (table["epoch"] == 1)]["train_error"]
     assert grid.loc[(point, 1), "loss"] == pytest.approx(both.mean()) and len(both) == 2
     assert grid.loc[(point, 1), "diverged"] == 0  # not yet
     # every seed diverged: the grid point keeps its later rows, empty, and says why

@@ -4,6 +4,7 @@ local processes, leaving the same run directories as a local sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -140,10 +141,7 @@ def test_a_failed_or_killed_job_is_one_failure_of_the_sweep(tmp_path):
     while not ready():
         assert sweep.poll() is None and time.time() < deadline, output.read_text()
         time.sleep(0.2)
-    lock = str(runs(tmp_path)[0].path / ".lock")
-    (trainer,) = {  # the process that holds the run's lock trains it
-        int(fd.parts[2]) for fd in Path("/proc").glob("[0-9]*/fd/*") if _link(fd) == lock
-    }
+    trainer = _trainer(runs(tmp_path)[0].path)
     os.kill(trainer, signal.SIGKILL)  # as the out-of-memory killer would
     assert sweep.wait(timeout=300) == 1
     said = output.read_text()
@@ -153,6 +151,26 @@ def test_a_failed_or_killed_job_is_one_failure_of_the_sweep(tmp_path):
     assert sorted(r.state for r in runs(tmp_path)) == ["done", "running"]  # the other trained on
     outcomes = [pickle.loads(p.read_bytes())[0] for p in tmp_path.rglob("*_result.pkl")]
     assert sorted(outcomes) == ["error", "error", "success"]  # failed tasks exit non-zero
+
+
+def _trainer(run: Path) -> int:
+    """The process that trains `run`: the one holding its lock file."""
+    lock = str(run / ".lock")
+    (pid,) = {int(fd.parts[2]) for fd in Path("/proc").glob("[0-9]*/fd/*") if _link(fd) == lock}
+    return pid
+
+
+def _reached(pid: int, signals: tuple[int, ...]) -> bool:
+    """Whether one of `signals` is pending for the (stopped) process, or it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    if fields.get("State", "").startswith(("Z", "X")):
+        return True
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return any(pending >> (number - 1) & 1 for number in signals)
 
 
 def _link(path: Path) -> str | None:
@@ -183,6 +201,10 @@ def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt)
     while not list(zoo.glob("*/checkpoints/state_0001.pt")):  # mid-run: epoch 1 of 6 saved
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
+    # Hold the trainer until the preemption has reached it: a fast machine would otherwise
+    # finish the other five epochs before SLURM delivers the signal, and nothing would resume.
+    trainer = _trainer(next(zoo.iterdir()))
+    os.kill(trainer, signal.SIGSTOP)
     job = subprocess.run(
         ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -190,6 +212,12 @@ def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt)
         subprocess.run(["scancel", "--signal=USR2", *job], check=True)
     else:
         subprocess.run(["scontrol", "requeue", *job], check=True)
+    deadline = time.monotonic() + 120
+    while not _reached(trainer, (signal.SIGUSR2, signal.SIGTERM)):
+        assert time.monotonic() < deadline, "the preemption never reached the trainer"
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(trainer, signal.SIGCONT)
     assert sweep.wait(timeout=300) == 0
     (resumed,) = runs(tmp_path / "requeued")
     (straight,) = runs(tmp_path / "straight")

@@ -8,6 +8,8 @@ Columns, in order:
     epoch                                         the state after this many epochs
     train_loss, train_acc, test_loss, test_acc,   that epoch's training record, as stored (ptmz:
     ...                                           metrics.jsonl; published: the result.json line)
+    train_error                                   1 - train_acc: how far the model is from
+                                                  fitting its training data (phases' `fit`)
     generalization_gap                            train_acc - test_acc (accuracy points)
     <result>.<key>.<key>...                       every result file of the run, or of its grid
                                                   point, at this epoch
@@ -30,8 +32,10 @@ Published result.json lines carry some landscape values of the published zoo bes
 training metrics (`representation_similarity`, `curve_mc_train_error`,
 `log_hessian_trace_train`, `log_hessian_top_ev_val`, `ggap`, `wiseft_acc_test_delta`, ...):
 every numeric key of a line becomes a column under its own name, except ray.tune's
-bookkeeping (timestamps, iteration counters, pids). A record key that is also a grid or
-config column (the scheduled `lr` of the epoch) is renamed `record.<key>`.
+bookkeeping (timestamps, iteration counters, pids). The published curve code recorded errors
+in percent: `curve_*error*` keys are read as fractions, like every ptmz error. A record key
+that is also a grid or config column (the scheduled `lr` of the epoch) is renamed
+`record.<key>`.
 
 Why train_acc - test_acc for the generalisation gap: it is bounded and comparable across
 datasets and grid points, where the loss gap is dominated by the overconfidence of
@@ -232,6 +236,7 @@ def _run_rows(
                 **identity,
                 "epoch": epoch,
                 **record,
+                "train_error": 1 - record.get("train_acc", math.nan),
                 "generalization_gap": gap,
                 **own.get(epoch, {}),
                 **grid_results.get(epoch, {}),

@@ -1,14 +1,15 @@
 """task=hessian: top eigenvalue(s) and trace of the loss Hessian of every run (one file per
-run and epoch), on fixed unaugmented train and test samples; the loss is the zoo's objective."""
+run and epoch), on fixed unaugmented train and test samples; the loss is the zoo's objective.
+task=hessian_published: the published zoo's batches instead (`Workspace.batches`)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, choose
 from ptmz.landscape.hessian import hessian_metrics
 from ptmz.objectives import Classification
-from ptmz.tasks.population import Workspace, per_run_task
+from ptmz.tasks.population import SAMPLINGS, Workspace, per_run_task
 from ptmz.zoo.population import Run
 
 SPLITS = ("train", "test")
@@ -18,6 +19,8 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
     if not t.splits or not set(t.splits) <= set(SPLITS):
         raise ConfigError("task.splits", list(t.splits), f"a list of {', '.join(SPLITS)}")
+    sampling = t.get("sampling", "fixed")  # the key is set by hessian_published only
+    choose("task.sampling", sampling, dict.fromkeys(SAMPLINGS))
     ws = Workspace(cfg)
     objective = ws.objective(ws.population.runs[0])  # one dataset, so one objective
     if not t.cache_graph and not isinstance(objective, Classification):
@@ -28,10 +31,9 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
     def compute(run: Run, epoch: int) -> dict:
         objective = ws.objective(run)
         model = run.load_model(epoch).to(ws.device)
-        splits = {"train": ws.train_split(run), "test": ws.data.test}
         out = {}
         for split in t.splits:
-            batches = list(ws.loader(splits[split], t.batch_size, t.samples))
+            batches = ws.batches(run, split, t.batch_size, t.samples, sampling, t.seed)
             out[split] = hessian_metrics(
                 model,
                 batches,

@@ -86,22 +86,28 @@ def _each_pair(
 def cka(cfg: DictConfig) -> dict[str, int]:
     t = cfg.task
 
+    # keys set by cka_published only, so results of task=cka keep their inputs
+    sampling, per_batch = t.get("sampling", "fixed"), t.get("per_batch", False)
+    if not isinstance(per_batch, bool):
+        raise ConfigError("task.per_batch", per_batch, "true or false")
+
     def compare(ws: Workspace, runs: list[Run], epoch: int) -> dict[str, Any]:
-        loader = ws.loader(ws.data.test, t.batch_size, t.samples)
-        smallest = min(batch.stop - batch.start for batch in loader.batches())
+        tested = ws.batches(runs[0], "test", t.batch_size, t.samples, sampling, seed=0)
+        smallest = min(len(y) for _, y in tested)
         if smallest < min_inputs(t.unbiased):
             raise ConfigError(
                 "task.batch_size",
                 t.batch_size,
-                f"batches of at least {min_inputs(t.unbiased)} of the {len(loader.labels)} test "
-                f"inputs (task.samples={t.samples}, task.unbiased={t.unbiased}); "
-                f"the last one holds {smallest}",
+                f"batches of at least {min_inputs(t.unbiased)} of the "
+                f"{sum(len(y) for _, y in tested)} test inputs (task.samples={t.samples}, "
+                f"task.unbiased={t.unbiased}); the last one holds {smallest}",
             )
         models = [r.load_model(epoch).to(ws.device) for r in runs]
         objective = ws.objective(runs[0])
-        batches = [objective.inputs(x) for x, _ in loader]
+        batches = [objective.inputs(x) for x, _ in tested]
+        layers = list(t.layers) or None
         return mean_pairwise_cka(
-            models, batches, layers=list(t.layers) or None, unbiased=t.unbiased
+            models, batches, layers=layers, unbiased=t.unbiased, per_batch=per_batch
         )
 
     return grid_point_task(cfg, compare)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
 import time
 import zlib
@@ -31,7 +32,7 @@ from ptmz.data import (
 )
 from ptmz.data.datasets import first_normalization, normalization
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
+from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError, choose
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -143,11 +144,43 @@ class Workspace:
             subset, batch_size, self.data.mean, self.data.std, self.device, augment, generator
         )
 
+    def batches(
+        self, run: Run, split: str, batch_size: int, samples: int | None, sampling: str, seed: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches a landscape metric of `run` is measured on (`split`: train | test).
+
+        fixed: a fixed random subset of `samples` (null: all), unaugmented, in order.
+        published: as the published zoo's scripts drew them. Train: the first `samples` of a
+        shuffled pass of the augmented training loader, its generator seeded with `seed` alone,
+        so every seed of a grid point is measured on the same batches. Test: the first
+        `samples` test images in order (their loader did not shuffle), unaugmented."""
+        choose("task.sampling", sampling, dict.fromkeys(SAMPLINGS))
+        data = self.train_split(run) if split == "train" else self.data.test
+        if sampling == "fixed":
+            return list(self.loader(data, batch_size, samples))
+        count = len(data) if samples is None else min(samples, len(data))
+        if split == "test":
+            return list(self.loader(data.subset(torch.arange(count)), batch_size))
+        loader = self.loader(data, batch_size, augment=training_augment(run), seed=seed)
+        batches = list(itertools.islice(loader, math.ceil(count / batch_size)))
+        excess = len(batches) * batch_size - count  # a last batch cut to `samples` in all
+        if excess > 0:
+            x, y = batches[-1]
+            batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
+        return batches
+
+
+SAMPLINGS = ("fixed", "published")
+# The published scripts' training augmentation per dataset, where it was not the CIFAR one
+PUBLISHED_AUGMENT = {"svhn": Augment(hflip=False)}
+
 
 def training_augment(run: Run) -> Augment:
-    """The run's own training augmentation; published runs used the published one."""
+    """The run's own training augmentation; published runs used their zoo's."""
     recipe = run.config.get("recipe")
-    return Augment(**recipe["augment"]) if recipe else Augment()
+    if recipe:
+        return Augment(**recipe["augment"])
+    return PUBLISHED_AUGMENT.get(run.config["dataset"], Augment())
 
 
 def result_name(cfg: DictConfig) -> str:

@@ -27,6 +27,11 @@ DEFINITIONS = (
     ),
     (r"(train|test)_ppl", "perplexity, exp(loss) per token"),
     (
+        r"train_error",
+        "1 - train_acc: the fraction of its training data the model misclassifies (the phase "
+        "classification's default measure of fit)",
+    ),
+    (
         r"generalization_gap",
         "train_acc - test_acc; positive = the model fits its training data better than unseen data",
     ),
@@ -34,7 +39,9 @@ DEFINITIONS = (
     (
         r"hessian(_published)?\.\w+\.top_eigenvalue",
         "largest eigenvalue of the Hessian of the loss (no "
-        "weight decay; eval mode; fixed unaugmented samples of the split): larger = sharper",
+        "weight decay; eval mode; hessian: fixed unaugmented samples of the split; "
+        "hessian_published: the published batches, 10 of 64 augmented training samples shared "
+        "by the seeds, the first 640 test images): larger = sharper",
     ),
     (
         r"hessian(_published)?\.\w+\.trace",
@@ -47,17 +54,20 @@ DEFINITIONS = (
         "spent on the eigenvalues",
     ),
     (
-        r"cka\.mean\.logits",
+        r"cka(_published)?\.mean\.logits",
         "linear CKA between the logits of two seeds of the grid point on "
-        "the same test inputs, mean over seed pairs: 1 = the same function up to scale",
+        "the same test inputs, mean over seed pairs: 1 = the same function up to scale (cka: "
+        "unbiased minibatch CKA; cka_published: the published biased CKA per batch of 128, "
+        "averaged over batches, not comparable where the logits are wide)",
     ),
     (r"cka\.mean\.(?!logits$)\S+", "the same CKA between the named layers' outputs"),
     (
-        r"curve\.mean\.mc_\w+",
+        r"curve(_published)?\.mean\.mc_\w+",
         "mode connectivity of a trained quadratic Bezier curve between two "
         "seeds: mc = m - E(t*), m = (E(0) + E(1)) / 2, t* maximising |E(t) - m| (E: loss, or "
         "error = 1 - accuracy). Negative = a barrier, positive = the curve is better than its "
-        "ends, ~0 = connected; mc_interior looks between the ends only",
+        "ends, ~0 = connected; mc_interior looks between the ends only (curve: seeds 0 and "
+        "1 by default; curve_published: every seed pair)",
     ),
     (
         r"interpolate\.mean\.barrier_\w+",

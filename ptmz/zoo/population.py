@@ -101,7 +101,9 @@ class Run:
             return RunDir(self.path).records
         path = self.path / "result.json"
         lines = path.read_text().splitlines() if path.exists() else []
-        return [{"epoch": k, **json.loads(line)} for k, line in enumerate(lines) if line]
+        return [
+            _as_fractions({"epoch": k, **json.loads(line)}) for k, line in enumerate(lines) if line
+        ]
 
     @property
     def checkpoint_epochs(self) -> list[int]:
@@ -175,6 +177,19 @@ class Run:
         model = build_model(**self.architecture(state))
         model.load_state_dict(state, strict=True)
         return model
+
+
+# Published result keys recorded in percent: the curve code's errors are 100 - accuracy (%)
+_PUBLISHED_PERCENT = re.compile(r"^curve_\w*error")
+
+
+def _as_fractions(record: dict[str, Any]) -> dict[str, Any]:
+    """A published result line with its percent errors as fractions, like every ptmz error
+    (so mc_tolerance 0.01 is one point for both)."""
+    return {
+        k: v / 100 if _PUBLISHED_PERCENT.match(k) and isinstance(v, int | float) else v
+        for k, v in record.items()
+    }
 
 
 def _ptmz_run(run: RunDir) -> Run:
