@@ -128,3 +128,33 @@ def test_published_runs_are_measured_at_the_published_landscape_epoch(
     monkeypatch.setitem(module.PUBLISHED_LANDSCAPE_EPOCH, ("digits", "Resnet18_width"), 9)
     with pytest.raises(MissingCheckpoint, match=r"the default, epoch 9, is where the published"):
         published.resolve_epoch(None)
+
+
+def test_runs_under_a_superseded_normalisation_are_left_out_and_listed(
+    digits_population, tmp_path, monkeypatch
+):
+    """A run trained before its dataset took the published constants (no `normalization` in
+    its config) is another experiment: left out of the population with the reason, while the
+    runs trained since are measured; results of such datasets record the normalisation."""
+    import json
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from ptmz.data import datasets
+    from ptmz.tasks.population import Workspace
+    from ptmz.zoo.population import SUPERSEDED
+
+    path = shutil.copytree(digits_population, tmp_path / "zoo")
+    old = sorted(p for p in path.iterdir() if p.is_dir())[0]
+    config = json.loads((old / "config.json").read_text())
+    del config["normalization"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert len(Population(path)) == 3  # digits' constants never changed: the same experiment
+
+    monkeypatch.setitem(datasets.SUPERSEDED_NORMALIZATION, "digits", ((0.5,), (0.25,)))
+    population = Population(path)
+    assert len(population) == 2 and old not in [r.path for r in population]
+    assert population.unfinished == [(old, SUPERSEDED)]
+    cfg = OmegaConf.create({"population": str(path)})
+    assert Workspace(cfg).data_inputs == {"normalization": ((0.3053,), (0.3759,))}

@@ -71,10 +71,14 @@ def test_published_test_batches_are_the_first_images_in_order(workspace):
     assert torch.allclose(torch.cat([x for x, _ in batches]), expected)
 
 
-def test_a_cut_last_batch_keeps_the_sample_count(workspace):
+@pytest.mark.parametrize("samples, sizes", [(100, [64, 36]), (None, [64] * 21 + [3])])
+def test_published_training_batches_hold_the_samples_asked_for(workspace, samples, sizes):
+    """A last batch is cut to `samples` in all; with every sample (1347 digits), the pass's own
+    short last batch (3 samples) is kept whole."""
     (a, _) = seed_pair(workspace)
-    batches = workspace.batches(a, "train", 64, 100, "published", seed=0)
-    assert [len(y) for _, y in batches] == [64, 36]
+    batches = workspace.batches(a, "train", 64, samples, "published", seed=0)
+    assert [len(y) for _, y in batches] == sizes
+    assert sum(sizes) == (samples or len(workspace.train_split(a)))
 
 
 def test_unknown_sampling_is_named(workspace, config, digits_population):

@@ -202,22 +202,30 @@ def test_preempted_job_resumes_to_the_same_weights(slurm_env, tmp_path, preempt)
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     # Hold the trainer until the preemption has reached it: a fast machine would otherwise
-    # finish the other five epochs before SLURM delivers the signal, and nothing would resume.
+    # finish the other five epochs first, and nothing would resume.
     trainer = _trainer(next(zoo.iterdir()))
     os.kill(trainer, signal.SIGSTOP)
     job = subprocess.run(
         ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, check=True
     ).stdout.split()
-    if preempt == "usr2":
-        subprocess.run(["scancel", "--signal=USR2", *job], check=True)
-    else:
-        subprocess.run(["scontrol", "requeue", *job], check=True)
     deadline = time.monotonic() + 120
-    while not _reached(trainer, (signal.SIGUSR2, signal.SIGTERM)):
-        assert time.monotonic() < deadline, "the preemption never reached the trainer"
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(trainer, signal.SIGCONT)
+    try:
+        if preempt == "usr2":  # submitit's handler requeues the job and exits: let it run
+            subprocess.run(["scancel", "--signal=USR2", *job], check=True)
+            while not _reached(trainer, (signal.SIGUSR2,)):
+                assert time.monotonic() < deadline, "USR2 never reached the trainer"
+                time.sleep(0.05)
+        else:  # SLURM continues the job, sends SIGTERM (which submitit ignores) and kills it
+            # KillWait (2 s) later: keep it stopped until it is gone
+            subprocess.run(["scontrol", "requeue", *job], check=True)
+            while not _reached(trainer, ()):
+                assert time.monotonic() < deadline, "the requeued job was never killed"
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(trainer, signal.SIGSTOP)
+                time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGCONT)
     assert sweep.wait(timeout=300) == 0
     (resumed,) = runs(tmp_path / "requeued")
     (straight,) = runs(tmp_path / "straight")

@@ -231,12 +231,14 @@ def _run_rows(
     for epoch in sorted(set(records) | set(own) | set(grid_results)):
         record = records.get(epoch, {})
         gap = record.get("train_acc", math.nan) - record.get("test_acc", math.nan)
+        # train_error only where there is an accuracy (not for PINN or GPT zoos)
+        fit = {"train_error": 1 - record["train_acc"]} if is_number(record.get("train_acc")) else {}
         rows.append(
             {
                 **identity,
                 "epoch": epoch,
                 **record,
-                "train_error": 1 - record.get("train_acc", math.nan),
+                **fit,
                 "generalization_gap": gap,
                 **own.get(epoch, {}),
                 **grid_results.get(epoch, {}),

@@ -94,6 +94,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
             "run": run.name,
             "epochs": averaged_epochs(run, t.epochs, t.last),
             "settings": OmegaConf.to_container(t),
+            **ws.data_inputs,
         }
 
     return run_units(

@@ -34,7 +34,11 @@ from ptmz.zoo.results import grid_point_result
 Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
 
 
-def grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
+def grid_point_task(
+    cfg: DictConfig, compare: Compare, definitions: dict[str, str] | None = None
+) -> dict[str, int]:
+    """`compare` on this shard's grid points; `definitions` (of the metrics, where one changed)
+    are part of each result's inputs, so a result of another definition is recomputed."""
     ws, result = Workspace(cfg), result_name(cfg)
     points = shard(list(ws.population.grid_points().items()), lambda point: point[0], cfg)
 
@@ -49,6 +53,8 @@ def grid_point_task(cfg: DictConfig, compare: Compare) -> dict[str, int]:
             "epoch": common_epoch(runs, cfg.epoch),
             "runs": [r.name for r in runs],
             "settings": OmegaConf.to_container(cfg.task),
+            **ws.data_inputs,
+            **(definitions or {}),
         }
 
     def compute(point: tuple[str, list[Run]]) -> dict[str, Any]:
@@ -126,7 +132,7 @@ def interpolate(cfg: DictConfig) -> dict[str, int]:
 
         return _each_pair(ws, runs, epoch, t, measure)
 
-    return grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare, {"barrier": "max_t E(t) - ((1 - t) E(0) + t E(1))"})
 
 
 def curve(cfg: DictConfig) -> dict[str, int]:

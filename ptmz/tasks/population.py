@@ -30,9 +30,9 @@ from ptmz.data import (
     load_dataset,
     stratified_subset,
 )
-from ptmz.data.datasets import first_normalization, normalization
+from ptmz.data.datasets import SUPERSEDED_NORMALIZATION, normalization
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError, choose
+from ptmz.errors import ConfigError, MissingCheckpoint, choose
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -81,7 +81,6 @@ class Workspace:
     def data(self) -> ImageDataset:
         if self.population.dataset == "text":
             self._check_corpus()
-        self._check_normalization()
         return load_dataset(self.population.dataset, self.cfg.data_root, self.cfg.dataset.download)
 
     def _check_corpus(self) -> None:
@@ -99,24 +98,16 @@ class Workspace:
                 + (f"corpus {here}" if here else "no corpus, so the generated one"),
             )
 
-    def _check_normalization(self) -> None:
-        """Runs are measured on inputs normalised as they were trained: ptmz runs trained under
-        a dataset's superseded constants (SUPERSEDED_NORMALIZATION) are refused, not fed
-        inputs on another scale."""
+    @property
+    def data_inputs(self) -> dict[str, Any]:
+        """What a result's inputs record of the data: for the datasets whose normalisation (and,
+        for TinyImageNet, label order) changed to the published ones, the normalisation, so
+        results measured before are recomputed rather than reused; nothing for the others,
+        whose results keep their inputs."""
         dataset = self.population.dataset
-        former, published = first_normalization(dataset), normalization(dataset)
-        old = [
-            run.name
-            for run in self.population.runs
-            if run.format == "ptmz" and "normalization" not in run.config and former != published
-        ]
-        if old:
-            raise PtmzError(
-                f"{len(old)} runs of {self.population.path} (e.g. {old[0]}) were trained with "
-                f"ptmz's former {dataset} normalisation {former}, not the published {published} "
-                "it uses now; retrain them (they train afresh under new run ids) or measure "
-                "them with the ptmz that trained them"
-            )
+        if dataset not in SUPERSEDED_NORMALIZATION:
+            return {}
+        return {"normalization": normalization(dataset)}
 
     def objective(self, run: Run) -> Objective:
         """What `run` was trained on: its loss and metric (published runs are classifiers)."""
@@ -155,6 +146,9 @@ class Workspace:
         so every seed of a grid point is measured on the same batches. Test: the first
         `samples` test images in order (their loader did not shuffle), unaugmented."""
         choose("task.sampling", sampling, dict.fromkeys(SAMPLINGS))
+        counted = isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1
+        if samples is not None and not counted:
+            raise ConfigError("task.samples", samples, "a positive integer, or null for all")
         data = self.train_split(run) if split == "train" else self.data.test
         if sampling == "fixed":
             return list(self.loader(data, batch_size, samples))
@@ -163,7 +157,7 @@ class Workspace:
             return list(self.loader(data.subset(torch.arange(count)), batch_size))
         loader = self.loader(data, batch_size, augment=training_augment(run), seed=seed)
         batches = list(itertools.islice(loader, math.ceil(count / batch_size)))
-        excess = len(batches) * batch_size - count  # a last batch cut to `samples` in all
+        excess = sum(len(y) for _, y in batches) - count  # the last batch cut to `samples` in all
         if excess > 0:
             x, y = batches[-1]
             batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
@@ -283,8 +277,9 @@ def _run_unit(
 def per_run_task(
     cfg: DictConfig, ws: Workspace, compute: Callable[[Run, int], dict[str, Any]]
 ) -> dict[str, int]:
-    """Run `compute(run, epoch)` on this shard's runs at `cfg.epoch` (default: each run's last
-    checkpoint), storing <run>/landscape/<task.result>_epoch_XXXX.json."""
+    """Run `compute(run, epoch)` on this shard's runs at `cfg.epoch` (default: `resolve_epoch`'s,
+    each run's last checkpoint or a published zoo's landscape epoch), storing
+    <run>/landscape/<task.result>_epoch_XXXX.json."""
     name = result_name(cfg)
 
     def inputs(run: Run) -> dict[str, Any]:
@@ -292,6 +287,7 @@ def per_run_task(
             "run": run.name,
             "epoch": run.resolve_epoch(cfg.epoch),
             "settings": OmegaConf.to_container(cfg.task),
+            **ws.data_inputs,
         }
 
     return run_units(

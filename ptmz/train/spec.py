@@ -244,9 +244,9 @@ def without_later_defaults(values: dict[str, Any], prefix: str = "") -> dict[str
         name = prefix + key
         if name in LATER_DEFAULTS and value == LATER_DEFAULTS[name]:
             continue
-        if name == "normalization" and _as_json(value) == _as_json(
-            first_normalization(values.get("dataset"))
-        ):
+        dataset = values.get("dataset")
+        known = name == "normalization" and dataset in DATASETS  # else kept: nothing to tell by
+        if known and _as_json(value) == _as_json(first_normalization(dataset)):
             continue
         out[key] = without_later_defaults(value, f"{name}.") if isinstance(value, dict) else value
     return out

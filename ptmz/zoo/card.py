@@ -40,8 +40,8 @@ DEFINITIONS = (
         r"hessian(_published)?\.\w+\.top_eigenvalue",
         "largest eigenvalue of the Hessian of the loss (no "
         "weight decay; eval mode; hessian: fixed unaugmented samples of the split; "
-        "hessian_published: the published batches, 10 of 64 augmented training samples shared "
-        "by the seeds, the first 640 test images): larger = sharper",
+        "hessian_published: the published batches, 10 batches of 64 augmented training samples "
+        "shared by the seeds, the first 640 test images): larger = sharper",
     ),
     (
         r"hessian(_published)?\.\w+\.trace",

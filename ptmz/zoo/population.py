@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ptmz.columns import GRID_KEYS
-from ptmz.data.datasets import DATASETS, INPUT_SHAPES
+from ptmz.data.datasets import DATASETS, INPUT_SHAPES, first_normalization, normalization
 from ptmz.errors import ConfigError, MissingCheckpoint, PtmzError
 from ptmz.models import build_model
 from ptmz.models.resnet import DEPTHS
@@ -121,7 +121,7 @@ class Run:
         published zoos without one; they are measured at their last checkpoint)."""
         if self.format != "published":
             return None
-        return PUBLISHED_LANDSCAPE_EPOCH.get((self.config["dataset"], self.config["model"]))
+        return PUBLISHED_LANDSCAPE_EPOCH.get((self.config["dataset"], self.config.get("model")))
 
     def resolve_epoch(self, epoch: int | None) -> int:
         """`epoch`, or by default the published landscape epoch or else the last checkpoint;
@@ -172,7 +172,8 @@ class Run:
         )
 
     def load_model(self, epoch: int | None = None) -> nn.Module:
-        """The ptmz model with the weights after `epoch` (default: the last checkpoint)."""
+        """The ptmz model with the weights after `epoch` (default: `resolve_epoch(None)`, the
+        last checkpoint or a published zoo's landscape epoch)."""
         state = self.state_dict(epoch)
         model = build_model(**self.architecture(state))
         model.load_state_dict(state, strict=True)
@@ -190,6 +191,19 @@ def _as_fractions(record: dict[str, Any]) -> dict[str, Any]:
         k: v / 100 if _PUBLISHED_PERCENT.match(k) and isinstance(v, int | float) else v
         for k, v in record.items()
     }
+
+
+SUPERSEDED = (
+    "trained under ptmz's former normalisation of its dataset: retrain it (docs/published.md)"
+)
+
+
+def _superseded_normalization(config: dict[str, Any]) -> bool:
+    """Whether a ptmz run's config predates its dataset's published normalisation."""
+    dataset = config.get("dataset")
+    if dataset not in DATASETS or "normalization" in config:
+        return False
+    return first_normalization(dataset) != normalization(dataset)
 
 
 def _ptmz_run(run: RunDir) -> Run:
@@ -263,9 +277,10 @@ def _published_run(path: Path, dataset: str | None) -> Run:
 @dataclass
 class Population:
     """All finished runs under `path` (any depth), grouped into grid points that differ only by
-    seed. ptmz runs that are not `done` (running, failed, diverged) and published trials without
-    checkpoints are left out and listed in `unfinished` as (path, state); the diverged ones are
-    also in `diverged`, whose records are part of the zoo's results (`results_table`).
+    seed. ptmz runs that are not `done` (running, failed, diverged), ptmz runs trained under a
+    dataset's superseded normalisation (`SUPERSEDED`) and published trials without checkpoints
+    are left out and listed in `unfinished` as (path, state); the diverged ones are also in
+    `diverged`, whose records are part of the zoo's results (`results_table`).
 
     `dataset` names the dataset of published runs whose params do not say it; ptmz runs
     always carry theirs.
@@ -289,7 +304,11 @@ class Population:
             for p in sorted(self.path.rglob("config.json"))
             if p.parent not in experiments
         ]
+        # runs trained under a dataset's superseded normalisation are another experiment
+        superseded = [d for d in found if _superseded_normalization(d.config)]
+        found = [d for d in found if d not in superseded]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
+        self.unfinished += [(d.path, SUPERSEDED) for d in superseded]
         runs = [_ptmz_run(d) for d in found if d.state == "done"]
         self.diverged = [_ptmz_run(d) for d in found if d.state == "diverged"]
         published = [_published_run(p.parent, self.dataset) for p in trials]
