@@ -23,6 +23,18 @@ class MissingCheckpoint(ConfigError):
     population task reports after measuring the others."""
 
 
+class DamagedFile(PtmzError):
+    """A file that cannot be read as it was written (cut short, garbled, flipped bytes): an
+    error of its run (or result) alone, which the tasks report after handling the others."""
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path, self.problem, self.remedy = str(path), problem, remedy
+        super().__init__(f"{path}: {problem}; {remedy}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem, self.remedy)
+
+
 def choose(key: str, value: str, options: dict[str, Any]) -> Any:
     """Look `value` up in a registry, failing with the list of valid names."""
     if value not in options:

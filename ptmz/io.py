@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ptmz.errors import DamagedFile
+
 UMASK = os.umask(0)
 os.umask(UMASK)
 
@@ -50,8 +52,15 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+RESTORE = "restore it, or delete it to have it written again"
+
+
+def read_json(path: str | Path, remedy: str = RESTORE) -> Any:
+    """The JSON in `path`; a damaged file is a DamagedFile naming it and `remedy`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedFile(str(path), f"not valid JSON ({error})", remedy) from None
 
 
 def finite_or_none(value: float | None) -> float | None:

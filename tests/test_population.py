@@ -53,7 +53,9 @@ def test_published_population_without_dataset_hint_needs_the_user(digits_populat
 
 
 def test_bad_population_and_epoch_are_named(digits_population, tmp_path):
-    with pytest.raises(ConfigError, match=r"population=.*a directory holding run directories"):
+    with pytest.raises(
+        ConfigError, match=r"population=.*a directory holding finished run directories"
+    ):
         Population(tmp_path)
     with pytest.raises(ConfigError, match=r"population=.*an existing directory"):
         Population(tmp_path / "missing")

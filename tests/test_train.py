@@ -215,6 +215,29 @@ def test_sweep_runs_every_job_and_reports_the_failed_ones(tmp_path):
     assert RunDir(run).state == "done"
 
 
+def test_a_run_another_process_holds_and_leaves_unfinished_fails_the_sweep(tmp_path):
+    """A second sweep skips a run that another process trains; if that process stops without
+    finishing it (killed), the second sweep must not report success."""
+    from ptmz.data import Augment
+    from ptmz.train import Recipe, RunSpec
+
+    digits = Recipe(augment=Augment(crop_padding=1, hflip=False, rotation=10))
+    held = RunDir(
+        RunSpec(
+            width=2, batch_size=64, seed=0, epochs=1, recipe=digits, out_dir=str(tmp_path)
+        ).run_dir
+    )
+    with held.lock():  # "another process", which never finishes the run
+        result = launch(
+            "-m", f"out_dir={tmp_path}", "width=2", "seed=0", "epochs=1", "batch_size=64,128"
+        )
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log
+    assert "another process is training this run, skipped" in log
+    assert re.search(rf"not finished: .*batch_size=64.*: {held.path} \(not started\)", log)
+    assert "ptmz: 1 of 2 jobs left runs unfinished" in log
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     args = ("width=2", "batch_size=16", "epochs=5", "seed=3")
     reference = launch(f"out_dir={tmp_path}/straight", *args)

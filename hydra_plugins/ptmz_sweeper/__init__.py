@@ -2,7 +2,8 @@
 finished (done or diverged), so a relaunched or resubmitted sweep queues only what is left and
 finished runs never occupy a SLURM array slot. Jobs are launched in batches of at most
 `max_batch_size` (one SLURM array each: keep it under the cluster's MaxArraySize). After the
-launch it reports how many jobs failed, and fails itself if any did."""
+launch it reports how many jobs failed, and fails itself if any did or if a run it was asked
+for is still unfinished (skipped because another process held it, which did not finish it)."""
 
 import logging
 import sys
@@ -43,17 +44,23 @@ class PtmzSweeper(BasicSweeper):
     def _finished(self, job: list[str]) -> bool:
         """Whether `job` trains runs (one, or several packed) whose directories all say done
         or diverged."""
+        runs = self._unfinished_runs(job)
+        return runs is not None and not runs
+
+    def _unfinished_runs(self, job: list[str]) -> list[str] | None:
+        """The runs `job` trains that are not done or diverged, as "path (state)"; None for a
+        job that trains nothing (another task) or that is invalid (it reports its own error)."""
         from ptmz.tasks.train import packed_configs, spec_from_config
         from ptmz.zoo.rundir import FINISHED, RunDir
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
         if cfg.task.name != "train":
-            return False
+            return None
         try:
             runs = [RunDir(spec_from_config(c).run_dir) for c in packed_configs(cfg)]
-            return all(run.state in FINISHED for run in runs)
-        except Exception:  # an invalid job is launched, and reports its own error
-            return False
+        except Exception:
+            return None
+        return [f"{run.path} ({run.state})" for run in runs if run.state not in FINISHED]
 
     def sweep(self, arguments: list[str]) -> list:
         """Launch every batch, then report the failed jobs (the basic sweeper raises at the
@@ -84,7 +91,24 @@ class PtmzSweeper(BasicSweeper):
                 str(error) if isinstance(error, JobFailed) else f"{type(error).__name__}: {error}"
             )
             log.error("failed: %s: %s", " ".join(result.overrides), said)
-        if failed:
-            sys.exit(f"ptmz: {len(failed)} of {launched} jobs failed (listed above)")
+        # a job that found a run held by another process skipped it: if that process did not
+        # finish it either, the sweep did not do what it was asked
+        left = [
+            (result, runs)
+            for batch in returns
+            for result in batch
+            if result.status != JobStatus.FAILED
+            and (runs := self._unfinished_runs(result.overrides))
+        ]
+        for result, runs in left:
+            log.error(
+                "not finished: %s: %s (another process was training them)",
+                " ".join(result.overrides),
+                ", ".join(runs),
+            )
+        if failed or left:
+            said = [f"{len(failed)} of {launched} jobs failed"] if failed else []
+            said += [f"{len(left)} of {launched} jobs left runs unfinished"] if left else []
+            sys.exit(f"ptmz: {', '.join(said)} (listed above)")
         log.info("%d jobs launched, none failed", launched)
         return returns

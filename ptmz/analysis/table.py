@@ -45,6 +45,7 @@ overfitted models (it grows without bound as their test loss does).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import defaultdict
@@ -56,10 +57,11 @@ import pandas as pd
 
 from ptmz.analysis.phases import DEFAULT, PhaseThresholds, is_number, phase_column
 from ptmz.columns import GRID_KEYS, IDENTITY
-from ptmz.errors import PtmzError
+from ptmz.errors import DamagedFile, PtmzError
 from ptmz.io import atomic_write, read_json
 from ptmz.zoo.population import Population, Run
 
+log = logging.getLogger(__name__)
 _RESULT_FILE = re.compile(r"^(?P<name>.+)_epoch_(?P<epoch>\d+)\.json$")
 _SKIPPED_KEYS = {"inputs", "seconds", "pairs", "applicable", "reason"}
 # ray.tune's own keys in a published result.json line: when and where, not what was measured
@@ -88,13 +90,22 @@ def results_table(
     training record and result; see the module docstring for the columns.
 
     `phases`: the thresholds the `phase` column is classified with (None: no phase column).
+
+    A damaged file (records, a result) leaves out what it holds (a run's rows, a result's
+    columns); each is logged, and their messages are in `table.attrs["damaged"]`.
     """
     if not isinstance(population, Population):
         population = Population(population)
-    grid_results = _grid_point_results(population)
+    damaged: list[str] = []
+    grid_results = _grid_point_results(population, damaged)
     rows, results = [], set()
     for run in [*population.runs, *population.diverged]:  # a diverged seed is a result too
-        rows += _run_rows(run, grid_results.get(run.grid_point, {}), results)
+        try:
+            rows += _run_rows(run, grid_results.get(run.grid_point, {}), results, damaged)
+        except DamagedFile as error:
+            damaged.append(str(error))
+    for message in damaged:
+        log.error("left out of the table: %s", message)
     if not rows:
         raise PtmzError(f"{population.path}: no run has training records or results to tabulate")
     table = frame_of(rows)
@@ -105,6 +116,7 @@ def results_table(
         position = _phase_position(table)
         phase = phase_column(table, phases).rename("phase")
         table = pd.concat([table.iloc[:, :position], phase, table.iloc[:, position:]], axis=1)
+    table.attrs["damaged"] = damaged
     return table
 
 
@@ -151,22 +163,29 @@ def _result_files(directory: Path) -> Iterator[tuple[str, int, Path]]:
             yield match["name"], int(match["epoch"]), path
 
 
-def _read_results(directory: Path) -> dict[int, dict[str, float]]:
-    """epoch -> flattened columns of every applicable result file in `directory`."""
+def _read_results(directory: Path, damaged: list[str]) -> dict[int, dict[str, float]]:
+    """epoch -> flattened columns of every applicable result file in `directory`; a damaged
+    one is added to `damaged`."""
     by_epoch: dict[int, dict[str, float]] = defaultdict(dict)
     for name, epoch, path in _result_files(directory):
-        result = read_json(path)
+        try:
+            result = read_json(path, "recompute it: rerun its task (overwrite=true is not needed)")
+        except DamagedFile as error:
+            damaged.append(str(error))
+            continue
         if result.get("applicable", True) is False:
             continue
         by_epoch[epoch].update(flatten(result, name))
     return by_epoch
 
 
-def _grid_point_results(population: Population) -> dict[str, dict[int, dict[str, float]]]:
+def _grid_point_results(
+    population: Population, damaged: list[str]
+) -> dict[str, dict[int, dict[str, float]]]:
     root = population.path / "landscape"
     if not root.is_dir():
         return {}
-    return {d.name: _read_results(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {d.name: _read_results(d, damaged) for d in sorted(root.iterdir()) if d.is_dir()}
 
 
 def _record_columns(record: dict[str, Any], taken: set[str]) -> dict[str, float]:
@@ -217,14 +236,14 @@ def run_identity(run: Run) -> dict[str, Any]:
 
 
 def _run_rows(
-    run: Run, grid_results: dict[int, dict[str, float]], results: set[str]
+    run: Run, grid_results: dict[int, dict[str, float]], results: set[str], damaged: list[str]
 ) -> list[dict[str, Any]]:
     """The rows of `run`; the names of its result columns are added to `results`."""
     identity = run_identity(run)
     config = config_columns(run)
     taken = set(identity) | set(IDENTITY)
     records = {int(r["epoch"]): _record_columns(r, taken) for r in run.records}
-    own = _read_results(run.path / "landscape")
+    own = _read_results(run.path / "landscape", damaged)
     for columns in [*own.values(), *grid_results.values()]:
         results.update(columns)
     rows = []

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ptmz.analysis.figures import Axes2D, landscape_epochs, phase_diagram, phase_evolution
 from ptmz.analysis.phases import PhaseThresholds, classify_phases
 from ptmz.analysis.table import results_table, save_table
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, PtmzError
 from ptmz.io import atomic_write
 from ptmz.tasks.population import Workspace
 
@@ -33,6 +33,9 @@ def collect(cfg: DictConfig) -> dict[str, str]:
     print(f"{len(table)} rows (runs x epochs) x {len(table.columns)} columns")
     for path in (parquet, csv):
         print(f"wrote {path}")
+    if table.attrs["damaged"]:  # written without them; the job still says it is incomplete
+        damaged = table.attrs["damaged"]
+        raise PtmzError(f"{len(damaged)} damaged files left out of the table: {'; '.join(damaged)}")
     return {"parquet": str(parquet), "csv": str(csv)}
 
 

@@ -32,7 +32,7 @@ from ptmz.data import (
 )
 from ptmz.data.datasets import SUPERSEDED_NORMALIZATION, normalization
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, MissingCheckpoint, choose
+from ptmz.errors import ConfigError, DamagedFile, MissingCheckpoint, choose
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.train.loop import resolve_device
@@ -235,14 +235,15 @@ def run_units(
     """Compute and store every unit's result unless its file already holds one computed from
     the same inputs (runs, epoch, settings); `overwrite` recomputes them all.
 
-    A unit whose runs lack the checkpoint asked for is logged and passed over, so that it costs
-    its own result only; the first such error is raised once every other unit is done. Any
-    other error (the data, the settings) concerns them all and stops the task at once."""
+    A unit whose runs lack the checkpoint asked for, or whose files are damaged, is logged and
+    passed over, so that it costs its own result only; the first such error is raised once every
+    other unit is done. Any other error (the data, the settings) concerns them all and stops the
+    task at once. A damaged result file is computed again."""
     counts, failed = {"computed": 0, "skipped": 0}, []
     for unit in units:
         try:
             counts[_run_unit(unit, target, inputs, compute, overwrite)] += 1
-        except MissingCheckpoint as error:
+        except (MissingCheckpoint, DamagedFile) as error:
             log.error("left out: %s", error)
             failed.append(error)
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
@@ -262,9 +263,15 @@ def _run_unit(
     """Compute and store one unit's result, or skip it: "computed" or "skipped"."""
     path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
     if path.exists() and not overwrite:
-        if read_json(path).get("inputs") == expected:
+        try:
+            stored = read_json(path).get("inputs")
+        except DamagedFile as error:
+            log.warning("%s: recomputing", error)
+            stored = None
+        if stored == expected:
             return "skipped"
-        log.warning("%s was computed from other inputs: recomputing", path)
+        if stored is not None:
+            log.warning("%s was computed from other inputs: recomputing", path)
     began = time.perf_counter()
     result = {"inputs": expected, **compute(unit)}
     result["seconds"] = time.perf_counter() - began

@@ -57,7 +57,8 @@ def status(cfg: DictConfig) -> dict[str, int]:
     for run in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo
         path = run.parent.resolve()
         if path not in expected:
-            config = RunDir(path).config
+            run = RunDir(path)
+            config = {} if run.damage else run.config  # a damaged config: a run of no cell
             expected[path] = {k: config.get(k) for k in GRID_KEYS}
     runs = [RunStatus.of(path, grid) for path, grid in expected.items()]
     print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))

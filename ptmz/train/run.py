@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptmz.data import DeviceLoader, ImageDataset, load_dataset, stratified_subset
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, PtmzError
 from ptmz.io import finite_or_none
 from ptmz.models import build_model
 from ptmz.objectives import Classification, objective_for
@@ -242,11 +242,17 @@ def _train_locked(
     others go on; an exception while fitting marks every unfinished one failed. The first
     error is raised at the end."""
     runs = [RunDir(spec.run_dir) for spec in specs]
-    todo = [(spec, run) for spec, run in zip(specs, runs, strict=True) if run.state not in FINISHED]
+    # a run whose config or status is damaged is neither resumed nor retrained over: named
+    errors: list[Exception] = [PtmzError(run.damage) for run in runs if run.damage]
+    todo = [
+        (spec, run)
+        for spec, run in zip(specs, runs, strict=True)
+        if run.state not in (*FINISHED, "damaged")
+    ]
     for run in runs:
         if run.state in FINISHED:
             log.info("%s: already %s, skipped", run.path, run.state)
-    held_elsewhere, errors = set(), []
+    held_elsewhere = set()
     if todo:
         check_writable(specs[0].out_dir)
         device = resolve_device(specs[0].device)
@@ -287,13 +293,18 @@ def _train_locked(
 
 
 def _mark_failed(spec: RunSpec, run: RunDir, error: BaseException) -> None:
-    run.write_status(
-        "failed",
-        epoch=run.resume_epoch,
-        epochs=spec.epochs,
-        error=f"{type(error).__name__}: {error}",
-        host=socket.gethostname(),
-    )
+    """Mark `run` failed with `error`. Where that write fails too (a full disk, a read-only
+    folder: often the cause of `error` itself) it is logged, so `error` stays the one raised."""
+    try:
+        run.write_status(
+            "failed",
+            epoch=run.resume_epoch,
+            epochs=spec.epochs,
+            error=f"{type(error).__name__}: {error}",
+            host=socket.gethostname(),
+        )
+    except OSError as unwritten:
+        log.error("%s: could not be marked failed (%s); it still says running", run.path, unwritten)
 
 
 def _progress(trainees: Sequence[Trainee], label: str) -> tqdm:

@@ -304,11 +304,13 @@ class Population:
             for p in sorted(self.path.rglob("config.json"))
             if p.parent not in experiments
         ]
+        damaged = [(d.path, f"damaged: {d.damage}") for d in found if d.damage]
+        found = [d for d in found if not d.damage]
         # runs trained under a dataset's superseded normalisation are another experiment
         superseded = [d for d in found if _superseded_normalization(d.config)]
         found = [d for d in found if d not in superseded]
         self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
-        self.unfinished += [(d.path, SUPERSEDED) for d in superseded]
+        self.unfinished += [(d.path, SUPERSEDED) for d in superseded] + damaged
         runs = [_ptmz_run(d) for d in found if d.state == "done"]
         self.diverged = [_ptmz_run(d) for d in found if d.state == "diverged"]
         published = [_published_run(p.parent, self.dataset) for p in trials]
@@ -317,11 +319,12 @@ class Population:
         ]
         runs += [r for r in published if r.checkpoint_epochs]
         if not runs:
+            left_out = "".join(f"; {path}: {state}" for path, state in self.unfinished[:5])
             raise ConfigError(
                 "population",
                 str(self.path),
-                "a directory holding run "
-                "directories with checkpoints (ptmz or the published format)",
+                "a directory holding finished run directories with checkpoints (ptmz or the "
+                f"published format); it holds {len(self.unfinished)} others{left_out}",
             )
         _check_names_unique(runs)
         datasets = {r.config["dataset"] for r in runs}

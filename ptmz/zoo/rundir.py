@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ptmz.errors import PtmzError
+from ptmz.errors import DamagedFile, PtmzError
 from ptmz.io import atomic_write, read_json, write_json, write_text
 
 FINISHED = ("done", "diverged")
@@ -43,8 +44,35 @@ class RunDir:
 
     # ---- config, status and records -------------------------------------------------------
     @property
+    def retrain(self) -> str:
+        """What to do about a damaged file that only training again can replace."""
+        return f"delete {self.path} to train this run again"
+
+    @property
     def config(self) -> dict[str, Any]:
-        return read_json(self.path / "config.json")
+        return read_json(self.path / "config.json", self.retrain)
+
+    @property
+    def damage(self) -> str | None:
+        """Why the run cannot be used as it says it is (a DamagedFile's message), or None: its
+        config or status does not read, or a done run lacks its records or final weights (it
+        would otherwise be measured at another epoch, or tabulated without rows)."""
+        try:
+            config = self.config if (self.path / "config.json").exists() else None
+            status = self.status
+        except DamagedFile as error:
+            return str(error)
+        if not status or status["state"] != "done":
+            return None
+        missing = [self.path / "metrics.jsonl"]
+        if config is None:
+            missing.append(self.path / "config.json")
+        elif isinstance(config.get("epochs"), int):
+            missing.append(self.weights_path(config["epochs"]))
+        for path in missing:
+            if not path.exists():
+                return str(DamagedFile(path, "is missing from a done run", self.retrain))
+        return None
 
     def create(self, config: dict[str, Any]) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -80,11 +108,20 @@ class RunDir:
     @property
     def status(self) -> dict[str, Any] | None:
         path = self.path / "status.json"
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        status = read_json(path, self.retrain)
+        if not isinstance(status, dict) or status.get("state") not in STATES:
+            state = status.get("state") if isinstance(status, dict) else status
+            raise DamagedFile(path, f"state {state!r} is none of {', '.join(STATES)}", self.retrain)
+        return status
 
     @property
     def state(self) -> str:
-        """`not started` when the run has no status yet, else the status' state."""
+        """`not started` when the run has no status yet, `damaged` when its config or status
+        cannot be read (`damage` says why), else the status' state."""
+        if self.damage:
+            return "damaged"
         status = self.status
         return status["state"] if status else "not started"
 
@@ -97,7 +134,16 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        records = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                problem = f"line {number} is not valid JSON ({error})"
+                raise DamagedFile(path, problem, self.retrain) from None
+        return records
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
         write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -126,7 +172,15 @@ class RunDir:
     def load_weights(
         self, epoch: int, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
-        return load_file(self.weights_path(epoch), device=str(device))
+        path = self.weights_path(epoch)
+        try:
+            return load_file(path, device=str(device))
+        except (SafetensorError, OSError) as error:  # writes are atomic: only outside damage
+            raise DamagedFile(
+                path,
+                f"does not load ({type(error).__name__}: {error})",
+                f"restore it, or {self.retrain}",
+            ) from None
 
     def drop_resume_state(self) -> None:
         """A finished run needs no optimizer state: keep only the weights."""

@@ -11,7 +11,14 @@ from typing import Any
 from ptmz.zoo.rundir import RunDir
 
 # one short code per state, so a grid cell shows all seeds of a grid point side by side
-CODES = {"done": "D", "running": "R", "failed": "F", "diverged": "X", "not started": "."}
+CODES = {
+    "done": "D",
+    "running": "R",
+    "failed": "F",
+    "diverged": "X",
+    "damaged": "!",
+    "not started": ".",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class RunStatus:
     @classmethod
     def of(cls, path: Path, grid: dict[str, object]) -> RunStatus:
         run = RunDir(path)
+        if damage := run.damage:
+            return cls(path, grid, "damaged", None, None, damage, None)
         status = run.status or {}
         changed = (path / "status.json").stat().st_mtime if status else None
         return cls(
@@ -43,8 +52,8 @@ class RunStatus:
 
     @property
     def cell(self) -> str:
-        """D, X, F, . or R3/8 (running, 3 of 8 epochs done)."""
-        code = CODES.get(self.state, "?")
+        """D, X, F, !, . or R3/8 (running, 3 of 8 epochs done)."""
+        code = CODES[self.state]
         return f"{code}{self.epoch}/{self.epochs}" if self.state == "running" else code
 
 
@@ -59,7 +68,7 @@ def status_grid(runs: list[RunStatus], rows: str, columns: str, stale_after: flo
     row_values = sorted({r.grid[rows] for r in runs}, key=_unset_first)
     column_values = sorted({r.grid[columns] for r in runs}, key=_unset_first)
     cells = {}
-    for run in sorted(runs, key=lambda r: r.grid["seed"]):
+    for run in sorted(runs, key=lambda r: _unset_first(r.grid["seed"])):
         key = (run.grid[rows], run.grid[columns])
         cells[key] = f"{cells[key]} {run.cell}" if key in cells else run.cell
     head = [f"{rows} \\ {columns}", *map(str, column_values)]
@@ -71,11 +80,13 @@ def status_grid(runs: list[RunStatus], rows: str, columns: str, stale_after: flo
     lines.append(
         f"{len(runs)} runs: "
         + ", ".join(f"{counts[s]} {s}" for s in CODES if counts[s])
-        + "   (D done, R running epochs/total, F failed, X diverged, . not started)"
+        + "   (D done, R running epochs/total, F failed, X diverged, ! damaged, . not started)"
     )
     for run in runs:
         if run.state == "failed":
             lines.append(f"failed: {run.path}: {run.error}")
+        elif run.state == "damaged":
+            lines.append(f"damaged: {run.error}")
         elif run.state == "running" and (run.idle_seconds or 0) > stale_after:
             minutes = run.idle_seconds / 60
             lines.append(
