@@ -17,6 +17,7 @@ from ptmz.errors import ConfigError
 from ptmz.tasks import run_task
 from ptmz.train import evaluate
 from ptmz.weights import recalibrate_bn
+from ptmz.zoo import RunDir
 from ptmz.zoo.population import Population
 
 from conftest import write_idx
@@ -182,8 +183,7 @@ def test_averages_of_one_model_change_nothing(config, digits_population, tmp_pat
     every delta is exactly 0, recomputed BN statistics and all."""
     population = shutil.copytree(digits_population, tmp_path / "zoo")
     seed0, seed1 = [r for r in Population(population).runs if r.name.startswith("w4_bs32")]
-    weights = seed0.path / "checkpoints" / "epoch_0003.safetensors"
-    shutil.copy(weights, seed1.path / "checkpoints" / "epoch_0003.safetensors")
+    RunDir(seed1.path).save_weights(3, seed0.state_dict(3))
     run_task(config("task=average_epochs", f"population={population}", "task.last=1"))
     run_task(config("task=average_seeds", f"population={population}", "task.samples=256"))
     results = [json.loads(f.read_text()) for f in population.rglob("average_*_epoch_0003.json")]

@@ -92,6 +92,7 @@ def test_a_garbled_record_or_result_is_named_and_the_table_still_written(config,
 def test_an_unloadable_checkpoint_costs_its_run_only(config, zoo):
     damaged = runs_of(zoo)["w4_bs32_s1"] / "checkpoints" / "epoch_0003.safetensors"
     cut_short(damaged)
+    (damaged.parent / "digests.json").unlink()  # a run from before digests: the load fails
     args = ["task=hessian", f"population={zoo}", "progress=false", *FAST["hessian"]]
     with pytest.raises(DamagedFile, match=rf"{damaged}: does not load .*restore it, or delete"):
         run_task(config(*args))
@@ -142,3 +143,24 @@ def test_a_failure_to_mark_a_run_failed_keeps_the_first_error(tmp_path, monkeypa
     spec = RunSpec(width=2, batch_size=64, epochs=1, out_dir=str(tmp_path), progress=False)
     with pytest.raises(RuntimeError, match="the first error"):
         run.train_run(spec)
+
+
+def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_digest(config, zoo, tmp_path):
+    damaged = runs_of(zoo)["w4_bs64_s0"] / "checkpoints" / "epoch_0003.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor: the file still parses
+    damaged.write_bytes(bytes(data))
+    from safetensors.torch import load_file
+
+    load_file(damaged)  # safetensors alone would not notice
+    args = ["task=hessian", f"population={zoo}", "progress=false", *FAST["hessian"]]
+    with pytest.raises(DamagedFile, match=rf"{damaged}: its bytes differ from those written"):
+        run_task(config(*args))
+    assert len(list(zoo.rglob("hessian_epoch_0003.json"))) == 2  # the others are measured
+
+    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1]", "epochs=3"]
+    plain = launch("task=status", f"out_dir={tmp_path}", *grid)
+    assert "damaged:" not in plain.stdout  # the cheap view reads no checkpoint
+    checked = launch("task=status", f"out_dir={tmp_path}", "task.verify=true", *grid)
+    assert checked.returncode == 0, checked.stderr
+    assert f"damaged: {damaged}: its bytes differ from those written" in checked.stdout

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from ptmz.data import ZooDataset
 from ptmz.data.zoo_dataset import assign_splits
 from ptmz.errors import ConfigError, PtmzError
 from ptmz.tasks import run_task
-from ptmz.zoo import Population
+from ptmz.zoo import Population, RunDir
 
 
 def export(config, population, out, *overrides):
@@ -103,10 +103,9 @@ def test_non_finite_checkpoints_are_left_out_and_listed(config, digits_populatio
     population = tmp_path / "zoo"
     shutil.copytree(digits_population, population)
     run = Population(population).runs[0]
-    path = run.path / "checkpoints" / "epoch_0002.safetensors"
-    state = load_file(path)
-    state["fc.weight"][0, 0] = float("nan")
-    save_file(state, path)
+    state = RunDir(run.path).load_weights(2)
+    state["fc.weight"][0, 0] = float("nan")  # as a diverging step would have written it
+    RunDir(run.path).save_weights(2, state)
     out = tmp_path / "export"
     summary = export(config, population, out, "epoch=all")
     assert summary["models"] == 11

@@ -60,6 +60,8 @@ def status(cfg: DictConfig) -> dict[str, int]:
             run = RunDir(path)
             config = {} if run.damage else run.config  # a damaged config: a run of no cell
             expected[path] = {k: config.get(k) for k in GRID_KEYS}
-    runs = [RunStatus.of(path, grid) for path, grid in expected.items()]
+    if not isinstance(cfg.task.verify, bool):
+        raise ConfigError("task.verify", cfg.task.verify, "true or false")
+    runs = [RunStatus.of(path, grid, cfg.task.verify) for path, grid in expected.items()]
     print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))
     return {state: sum(r.state == state for r in runs) for state in {r.state for r in runs}}

@@ -7,6 +7,8 @@
         checkpoints/epoch_0005.safetensors   model state_dict after 5 epochs
         checkpoints/state_0005.pt            optimizer, schedule and RNG state (latest epoch of an
                                              unfinished run only)
+        checkpoints/digests.json             SHA-256 of each checkpoint file as written, checked
+                                             whenever it is loaded (flipped bytes are caught)
 
 A state file is written only after the weights of its epoch, and both atomically, so the latest
 state file always names a complete resume point.
@@ -15,6 +17,7 @@ state file always names a complete resume point.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -169,10 +172,51 @@ class RunDir:
         epochs = self._epochs("state_*.pt")
         return epochs[-1] if epochs else None
 
+    @property
+    def _digests_path(self) -> Path:
+        return self.checkpoints / "digests.json"
+
+    def _digests(self) -> dict[str, str]:
+        path = self._digests_path
+        return (
+            read_json(path, f"delete it to skip the checks, or {self.retrain}")
+            if path.exists()
+            else {}
+        )
+
+    def _record_digests(self, paths: list[Path]) -> None:
+        """Record the digests of the files just written; entries of deleted files are dropped."""
+        digests = {n: d for n, d in self._digests().items() if (self.checkpoints / n).exists()}
+        write_json(self._digests_path, {**digests, **{p.name: _sha256(p) for p in paths}})
+
+    def verify(self, path: Path) -> None:
+        """Raise DamagedFile where `path`'s bytes are not those recorded when it was written
+        (files written before digests were recorded are not checked)."""
+        expected = self._digests().get(path.name)
+        if expected is not None and path.exists() and _sha256(path) != expected:
+            raise DamagedFile(
+                path,
+                "its bytes differ from those written (SHA-256 mismatch)",
+                f"restore it, or {self.retrain}",
+            )
+
+    def verify_all(self) -> str | None:
+        """Every checkpoint file checked against its digest, and the records read: the first
+        problem's message, or None."""
+        try:
+            self.records  # noqa: B018 (read to check them)
+            for path in sorted(self.checkpoints.glob("*_*.*")):
+                if _EPOCH.match(path.name):
+                    self.verify(path)
+        except DamagedFile as error:
+            return str(error)
+        return None
+
     def load_weights(
         self, epoch: int, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
         path = self.weights_path(epoch)
+        self.verify(path)
         try:
             return load_file(path, device=str(device))
         except (SafetensorError, OSError) as error:  # writes are atomic: only outside damage
@@ -189,6 +233,7 @@ class RunDir:
 
     def load_state(self, epoch: int) -> dict[str, Any]:
         path = self.state_path(epoch)
+        self.verify(path)
         try:
             return torch.load(path, weights_only=True)
         except Exception as error:  # writes are atomic: only outside damage gets here
@@ -196,6 +241,13 @@ class RunDir:
                 f"{path} is unreadable ({type(error).__name__}: {error}); "
                 f"delete {self.path} to train this run again"
             ) from None
+
+    def save_weights(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
+        """Write the weights of `epoch` atomically, then record their digest (a kill between
+        the two leaves them unrecorded: loaded unchecked, not refused)."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        atomic_write(self.weights_path(epoch), lambda tmp: save_file(tensors, tmp))
+        self._record_digests([self.weights_path(epoch)])
 
     def save_checkpoint(
         self,
@@ -210,11 +262,19 @@ class RunDir:
         a checkpoint the user asked for; weights that are not resume points are never touched,
         so changing the checkpoint schedule on a resumed run deletes nothing it kept.
         """
-        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-        atomic_write(self.weights_path(epoch), lambda tmp: save_file(tensors, tmp))
+        self.save_weights(epoch, weights)
         atomic_write(self.state_path(epoch), lambda tmp: torch.save(state, tmp))
+        self._record_digests([self.state_path(epoch)])
         for old in self._epochs("state_*.pt"):
             if old < epoch:
                 if not keep(old):
                     self.weights_path(old).unlink(missing_ok=True)
                 self.state_path(old).unlink()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

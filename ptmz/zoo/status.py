@@ -34,9 +34,10 @@ class RunStatus:
     idle_seconds: float | None  # since its status last changed: a stale `running` is dead
 
     @classmethod
-    def of(cls, path: Path, grid: dict[str, object]) -> RunStatus:
+    def of(cls, path: Path, grid: dict[str, object], verify: bool = False) -> RunStatus:
+        """`verify`: also read the records and check the checkpoints against their digests."""
         run = RunDir(path)
-        if damage := run.damage:
+        if damage := run.damage or (verify and path.is_dir() and run.verify_all()):
             return cls(path, grid, "damaged", None, None, damage, None)
         status = run.status or {}
         changed = (path / "status.json").stat().st_mtime if status else None
