@@ -206,10 +206,6 @@ def _superseded_normalization(config: dict[str, Any]) -> bool:
     return first_normalization(dataset) != normalization(dataset)
 
 
-def _ptmz_run(run: RunDir) -> Run:
-    return Run(run.path, run.config, "ptmz", run.state)
-
-
 def _published_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Model name, width, input channels and classes read off a ResNet-w state_dict."""
     bottleneck = "layer1.0.conv3.weight" in state
@@ -304,15 +300,21 @@ class Population:
             for p in sorted(self.path.rglob("config.json"))
             if p.parent not in experiments
         ]
-        damaged = [(d.path, f"damaged: {d.damage}") for d in found if d.damage]
-        found = [d for d in found if not d.damage]
+        # each run's files read once: its state, then (when not damaged) its config
+        states = {d.path: (d.state, d.damage) for d in found}
+        damaged = [(d.path, f"damaged: {states[d.path][1]}") for d in found if states[d.path][1]]
+        readable = [(d, states[d.path][0], d.config) for d in found if not states[d.path][1]]
         # runs trained under a dataset's superseded normalisation are another experiment
-        superseded = [d for d in found if _superseded_normalization(d.config)]
-        found = [d for d in found if d not in superseded]
-        self.unfinished = [(d.path, d.state) for d in found if d.state != "done"]
-        self.unfinished += [(d.path, SUPERSEDED) for d in superseded] + damaged
-        runs = [_ptmz_run(d) for d in found if d.state == "done"]
-        self.diverged = [_ptmz_run(d) for d in found if d.state == "diverged"]
+        superseded = [(d.path, SUPERSEDED) for d, _, c in readable if _superseded_normalization(c)]
+        found_runs = [
+            Run(d.path, config, "ptmz", state)
+            for d, state, config in readable
+            if not _superseded_normalization(config)
+        ]
+        self.unfinished = [(r.path, r.state) for r in found_runs if r.state != "done"]
+        self.unfinished += superseded + damaged
+        runs = [r for r in found_runs if r.state == "done"]
+        self.diverged = [r for r in found_runs if r.state == "diverged"]
         published = [_published_run(p.parent, self.dataset) for p in trials]
         self.unfinished += [
             (r.path, "no checkpoints") for r in published if not r.checkpoint_epochs
