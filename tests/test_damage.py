@@ -164,3 +164,21 @@ def test_flipped_bytes_in_a_checkpoint_are_caught_by_its_digest(config, zoo, tmp
     checked = launch("task=status", f"out_dir={tmp_path}", "task.verify=true", *grid)
     assert checked.returncode == 0, checked.stderr
     assert f"damaged: {damaged}: its bytes differ from those written" in checked.stdout
+
+
+def test_a_deleted_middle_checkpoint_is_named_where_it_is_needed(config, zoo, tmp_path):
+    """The run's final weights are there, so it stays in the population; what asks for the lost
+    epoch (a task at that epoch, a verifying status) names the file instead of 'no such epoch'."""
+    lost = runs_of(zoo)["w4_bs32_s1"] / "checkpoints" / "epoch_0001.safetensors"
+    lost.unlink()
+    assert len(Population(zoo)) == 3
+    args = ["task=hessian", f"population={zoo}", "epoch=1", "progress=false", *FAST["hessian"]]
+    with pytest.raises(DamagedFile, match=rf"{lost}: is gone: it was written .*restore it"):
+        run_task(config(*args))
+    assert len(list(zoo.rglob("hessian_epoch_0001.json"))) == 2  # the others are measured
+
+    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1]", "epochs=3"]
+    checked = launch("task=status", f"out_dir={tmp_path}", "task.verify=true", *grid)
+    assert checked.returncode == 0, checked.stderr
+    assert f"damaged: {lost}: is gone" in checked.stdout
+    assert checked.stdout.count("damaged:") == 1  # dropped resume points are not 'gone'

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -116,15 +120,15 @@ def test_seeds_together_match_seeds_alone(tmp_path):
 
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
-    """Make training stop (as a Ctrl-C would) once any run has recorded `epoch`."""
-    end_epoch = Trainee.end_epoch
+    """Make training stop (as a Ctrl-C would) once any run has committed `epoch`."""
+    commit_epoch = Trainee.commit_epoch
 
-    def end_then_stop(self, *args):
-        end_epoch(self, *args)
+    def commit_then_stop(self):
+        commit_epoch(self)
         if self.epoch == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainee, "end_epoch", end_then_stop)
+    monkeypatch.setattr(Trainee, "commit_epoch", commit_then_stop)
 
 
 def test_runs_move_between_together_and_alone(tmp_path, monkeypatch):
@@ -149,11 +153,78 @@ def test_runs_move_between_together_and_alone(tmp_path, monkeypatch):
         interrupt_after_epoch(patch, 1)
         with pytest.raises(KeyboardInterrupt):
             train_together(split)
-    # stopped while saving epoch 1: the first seed's state is saved, the others' not yet
-    assert [RunDir(s.run_dir).resume_epoch for s in split] == [1, 0, 0]
+    # stopped after the first seed committed epoch 1: all saved it, two still hold epoch 0
+    assert [RunDir(s.run_dir).resume_epochs for s in split] == [[1], [0, 1], [0, 1]]
     for spec in split:
         assert train_run(spec) == "done"
     assert_same_runs(alone, split)
+
+
+# Trains the three seeds together in a process of its own, which SIGKILLs itself right after
+# the write that argv names (the run's seed, a file in its directory, and a text that file
+# must then contain), as a node failure at that instant would.
+KILLED_AT_A_WRITE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import ptmz.io, ptmz.zoo.rundir
+    from ptmz.train import RunSpec, train_together
+
+    out, seed, name, text = sys.argv[1], *sys.argv[2:]
+    tiny = dict(width=2, batch_size=128, epochs=2, lr=0.02, progress=False)
+    specs = [RunSpec(out_dir=out, seed=s, **tiny) for s in (0, 1, 2)]
+    target = Path(specs[int(seed)].run_dir) / name if seed else None
+    write = ptmz.io.atomic_write
+
+    def write_then_die(path, writer):
+        write(path, writer)
+        if Path(path) == target and text in Path(path).read_text(errors="replace"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ptmz.io.atomic_write = ptmz.zoo.rundir.atomic_write = write_then_die
+    print(train_together(specs))
+    """
+)
+
+
+def train_together_killed_at(out, seed: str = "", name: str = "", text: str = ""):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    script = [sys.executable, "-c", KILLED_AT_A_WRITE, str(out), seed, name, text]
+    return subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("seed", "name", "text"),
+    [
+        ("0", "metrics.jsonl", '"epoch": 1'),  # seed 0 saved epoch 1, seeds 1 and 2 not
+        ("1", "checkpoints/epoch_0001.safetensors", ""),  # seed 1's weights, not its state
+        ("2", "metrics.jsonl", '"epoch": 2'),  # all saved the last epoch, none committed it
+        ("0", "status.json", '"done"'),  # seed 0 committed the last epoch, 1 and 2 not
+    ],
+    ids=["between-seeds", "within-a-seed", "before-commits", "between-commits"],
+)
+def test_seeds_together_killed_between_their_writes_resume_bitwise(tmp_path, seed, name, text):
+    """A kill between the writes of the seeds' checkpoints of one epoch must not split the
+    group: resumed, the seeds step on as one network and end bitwise where the same seeds
+    trained together without a kill end (weights of every epoch kept, records)."""
+    straight = train_together_killed_at(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    killed = train_together_killed_at(tmp_path / "killed", seed, name, text)
+    assert killed.returncode == -9, killed.stderr  # it really died at that write
+    resumed = train_together_killed_at(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "['done', 'done', 'done']" in resumed.stdout
+    for spec, again in zip(specs(tmp_path / "straight"), specs(tmp_path / "killed"), strict=True):
+        a, b = RunDir(spec.run_dir), RunDir(again.run_dir)
+        assert b.state == "done" and b.resume_epoch is None
+        assert a.checkpoint_epochs == b.checkpoint_epochs == [0, 1, 2]
+        for epoch in a.checkpoint_epochs:
+            wa, wb = a.load_weights(epoch), b.load_weights(epoch)
+            assert all(torch.equal(wa[k], wb[k]) for k in wa), (spec.seed, epoch)
+        timeless = [
+            [{k: v for k, v in r.items() if k != "seconds"} for r in run.records] for run in (a, b)
+        ]
+        assert timeless[0] == timeless[1]
 
 
 def test_together_and_compile_reject_what_they_cannot_train(tmp_path):

@@ -317,8 +317,11 @@ def test_a_new_checkpoint_schedule_on_resume_keeps_earlier_checkpoints(tmp_path)
     run.create({})
     weights = {"w": torch.zeros(2)}
     for epoch in range(4):  # first launch: keep every epoch
-        run.save_checkpoint(epoch, weights, {"epoch": epoch}, keep=lambda e: True)
-    run.save_checkpoint(4, weights, {"epoch": 4}, keep=lambda e: e == 0)  # resumed: keep 0 only
+        run.save_checkpoint(epoch, weights, {"epoch": epoch})
+        run.keep_resume_point(epoch, keep=lambda e: True)
+    run.save_checkpoint(4, weights, {"epoch": 4})
+    assert run.resume_epochs == [3, 4]  # until 4 is committed, 3 is still a resume point
+    run.keep_resume_point(4, keep=lambda e: e == 0)  # resumed: keep 0 only
     assert run.checkpoint_epochs == [0, 1, 2, 4]  # 3 was only the superseded resume point
     assert run.resume_epoch == 4
 

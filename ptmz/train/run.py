@@ -80,10 +80,16 @@ SEEDING = threading.Lock()
 class Trainee:
     """One run in training: its model, data stream, optimizer, schedule and records, and the
     run directory they are checkpointed to. `data` is `data_for(spec, device)`. Constructing
-    it resumes the run from its latest checkpoint, or measures and saves epoch 0."""
+    it resumes the run from its resume point at `epoch` (one of `run.resume_epochs`), or
+    measures and saves epoch 0 where `epoch` is None."""
 
     def __init__(
-        self, spec: RunSpec, run: RunDir, data: ImageDataset, device: torch.device
+        self,
+        spec: RunSpec,
+        run: RunDir,
+        data: ImageDataset,
+        device: torch.device,
+        epoch: int | None,
     ) -> None:
         with SEEDING:
             torch.manual_seed(spec.seed)
@@ -108,14 +114,15 @@ class Trainee:
         )
         self.info = dict(epochs=spec.epochs, host=socket.gethostname())
         self.state: str | None = None  # done or diverged once finished
-        self._start()
+        self.diverged = False
+        self._start(epoch)
 
-    def _start(self) -> None:
-        self.epoch = self.run.resume_epoch
-        if self.epoch is None:
+    def _start(self, epoch: int | None) -> None:
+        if epoch is None:
             self.epoch, self.records = 0, [self.measure(0)]
             self.checkpoint()
         else:
+            self.epoch = epoch
             state = self.run.load_state(self.epoch)
             device = self.loader.labels.device
             self.model.load_state_dict(self.run.load_weights(self.epoch, device))
@@ -124,11 +131,10 @@ class Trainee:
             self.generator.set_state(state["generator"])
             self.records = state["records"]
             self.run.write_records(self.records)  # a kill may have come between state and records
+            if self.epoch < self.run.resume_epoch:
+                log.info("%s: back to epoch %d to rejoin its seeds", self.run.path, self.epoch)
             log.info("%s: resuming after epoch %d", self.run.path, self.epoch)
-        if self.epoch == self.spec.epochs:  # killed between the last checkpoint and `done`
-            self._finish("done")
-        else:
-            self.run.write_status("running", epoch=self.epoch, **self.info)
+        self._commit()  # at the last epoch: killed between its checkpoint and `done`
 
     def measure(self, epoch: int, **extra: Any) -> dict[str, Any]:
         values = {}
@@ -147,8 +153,7 @@ class Trainee:
             "schedule": self.schedule.state_dict(),
             "generator": self.generator.get_state(),
         }
-        keep = self.spec.is_checkpoint
-        self.run.save_checkpoint(self.epoch, self.model.state_dict(), state, keep=keep)
+        self.run.save_checkpoint(self.epoch, self.model.state_dict(), state)
         self.run.write_records(self.records)
 
     def train_epoch(self, on_step: Callable[[], Any]) -> float:
@@ -158,25 +163,45 @@ class Trainee:
 
     def end_epoch(self, batch_loss: float, seconds: float) -> None:
         """Record, check and checkpoint the epoch just trained; finish the run after its last."""
+        self.save_epoch(batch_loss, seconds)
+        self.commit_epoch()
+
+    def save_epoch(self, batch_loss: float, seconds: float) -> None:
+        """Record, check and checkpoint the epoch just trained. Until `commit_epoch`, the
+        previous resume point stays: seeds trained together commit only once all have saved."""
         self.epoch += 1
         lr = self.schedule.get_last_lr()[0]
         record = self.measure(self.epoch, batch_loss=batch_loss, lr=lr, seconds=seconds)
         self.records.append(record)
-        if not math.isfinite(batch_loss) or record["train_loss"] is None:
+        self.diverged = not math.isfinite(batch_loss) or record["train_loss"] is None
+        if self.diverged:
             self.run.write_records(self.records)
+        else:
+            self.checkpoint()
+
+    def commit_epoch(self) -> None:
+        """Drop the previous resume point, or mark the run diverged or done."""
+        if self.diverged:
             log.warning(
                 "%s: non-finite loss in epoch %d, marked diverged", self.run.path, self.epoch
             )
             self._finish("diverged")
             return
-        self.checkpoint()
         log.info(
             "%s epoch %d/%d: %s",
             self.run.path.name,
             self.epoch,
             self.spec.epochs,
-            {k: v if v is None else round(v, 4) for k, v in record.items() if k != "epoch"},
+            {
+                k: v if v is None else round(v, 4)
+                for k, v in self.records[-1].items()
+                if k != "epoch"
+            },
         )
+        self._commit()
+
+    def _commit(self) -> None:
+        self.run.keep_resume_point(self.epoch, self.spec.is_checkpoint)
         if self.epoch == self.spec.epochs:
             self._finish("done")
         else:
@@ -199,7 +224,7 @@ def train_run(spec: RunSpec, stop: threading.Event | None = None) -> str:
     optimizer, schedule and RNG state, ending with the same weights as an uninterrupted run.
     An exception marks the run `failed` (with the error) and propagates.
     """
-    return _train_locked([spec], _one_by_one, stop)[0]
+    return _train_locked([spec], False, stop)[0]
 
 
 def train_together(specs: Sequence[RunSpec], stop: threading.Event | None = None) -> list[str]:
@@ -228,19 +253,17 @@ def train_together(specs: Sequence[RunSpec], stop: threading.Event | None = None
             True,
             f"false for dataset={specs[0].dataset}: seeds train together for classifiers only",
         )
-    return _train_locked(specs, _vectorised, stop)
+    return _train_locked(specs, True, stop)
 
 
 def _train_locked(
-    specs: Sequence[RunSpec],
-    fit: Callable[[list[Trainee], threading.Event | None], None],
-    stop: threading.Event | None = None,
+    specs: Sequence[RunSpec], together: bool, stop: threading.Event | None = None
 ) -> list[str]:
     """Lock the unfinished runs of `specs` (all sharing one dataset and subset), build their
-    trainees and `fit` them. Returns each run's state, `running` for one that another process
-    holds. A run that cannot start (an unreadable checkpoint, say) is marked failed and the
-    others go on; an exception while fitting marks every unfinished one failed. The first
-    error is raised at the end."""
+    trainees and train them one by one or `together`. Returns each run's state, `running` for
+    one that another process holds. A run that cannot start (an unreadable checkpoint, say) is
+    marked failed and the others go on; an exception while fitting marks every unfinished one
+    failed. The first error is raised at the end."""
     runs = [RunDir(spec.run_dir) for spec in specs]
     # a run whose config or status is damaged is neither resumed nor retrained over: named
     errors: list[Exception] = [PtmzError(run.damage) for run in runs if run.damage]
@@ -252,6 +275,8 @@ def _train_locked(
     for run in runs:
         if run.state in FINISHED:
             log.info("%s: already %s, skipped", run.path, run.state)
+            if run.state == "done":  # killed between writing `done` and dropping its state
+                run.drop_resume_state()
     held_elsewhere = set()
     if todo:
         check_writable(specs[0].out_dir)
@@ -274,14 +299,15 @@ def _train_locked(
                     mine.append((spec, run))
             try:
                 trainees = []
-                for spec, run in mine:
+                resume = _group_epochs if together else _latest_epochs
+                for (spec, run), epoch in zip(mine, resume([run for _, run in mine]), strict=True):
                     stop_if_asked(stop)
                     try:
-                        trainees.append(Trainee(spec, run, data, device))
+                        trainees.append(Trainee(spec, run, data, device, epoch))
                     except Exception as error:
                         _mark_failed(spec, run, error)
                         errors.append(error)
-                fit(trainees, stop)
+                (_vectorised if together else _one_by_one)(trainees, stop)
             except BaseException as error:  # KeyboardInterrupt too: no run may look `running`
                 for spec, run in mine:
                     if run.state not in FINISHED:
@@ -290,6 +316,20 @@ def _train_locked(
     if errors:
         raise errors[0]
     return ["running" if run.path in held_elsewhere else run.state for run in runs]
+
+
+def _latest_epochs(runs: Sequence[RunDir]) -> list[int | None]:
+    return [run.resume_epoch for run in runs]
+
+
+def _group_epochs(runs: Sequence[RunDir]) -> list[int | None]:
+    """Where each of the seeds trained together resumes: at its latest resume point, except
+    that a run ahead of the others goes back to their epoch where it still has that resume
+    point (a kill came between the seeds' checkpoints of one epoch), so the group steps on as
+    one network, exactly as it would have uninterrupted."""
+    points = [run.resume_epochs for run in runs]
+    common = min((p[-1] if p else 0) for p in points) if points else 0
+    return [common if common in p else (p[-1] if p else None) for p in points]
 
 
 def _mark_failed(spec: RunSpec, run: RunDir, error: BaseException) -> None:
@@ -354,8 +394,12 @@ def _vectorised(trainees: list[Trainee], stop: threading.Event | None) -> None:
         began = time.perf_counter()
         losses = together.train_epoch(partial(_stepped, bar, len(group), stop))
         seconds = (time.perf_counter() - began) / len(group)  # each run's share
+        # every seed saves the epoch before any commits it: a kill between their writes
+        # leaves each a resume point at the group's epoch (see `_group_epochs`)
         for trainee, batch_loss in zip(group, losses, strict=True):
-            trainee.end_epoch(batch_loss, seconds)
+            trainee.save_epoch(batch_loss, seconds)
+        for trainee in group:
+            trainee.commit_epoch()
         active = [t for t in active if t.state is None]
     bar.close()
 

@@ -140,6 +140,8 @@ class Run:
                 )
                 raise MissingCheckpoint("epoch", None, allowed)
         if epoch not in available:
+            if self.format == "ptmz":  # written during training and lost since: say so
+                RunDir(self.path).verify(RunDir(self.path).weights_path(epoch))
             allowed = f"a checkpointed epoch of {self.path}: {available}"
             raise MissingCheckpoint("epoch", epoch, allowed)
         return epoch

@@ -11,7 +11,10 @@
                                              whenever it is loaded (flipped bytes are caught)
 
 A state file is written only after the weights of its epoch, and both atomically, so the latest
-state file always names a complete resume point.
+state file always names a complete resume point. The previous one is dropped only once the new
+one is committed (`keep_resume_point`): seeds trained together commit an epoch only
+after all of them have saved it, so a kill between their writes leaves each able to resume at
+the group's epoch.
 """
 
 from __future__ import annotations
@@ -167,9 +170,15 @@ class RunDir:
         return self._epochs("epoch_*.safetensors")
 
     @property
+    def resume_epochs(self) -> list[int]:
+        """The epochs from which training can resume: the latest, and the one before it where
+        the latest is not yet committed."""
+        return self._epochs("state_*.pt")
+
+    @property
     def resume_epoch(self) -> int | None:
         """The latest epoch from which training can resume, or None."""
-        epochs = self._epochs("state_*.pt")
+        epochs = self.resume_epochs
         return epochs[-1] if epochs else None
 
     @property
@@ -185,15 +194,25 @@ class RunDir:
         )
 
     def _record_digests(self, paths: list[Path]) -> None:
-        """Record the digests of the files just written; entries of deleted files are dropped."""
+        """Record the digests of the files just written, and forget those of the files just
+        deleted (with `paths` empty): a recorded file that is gone was lost since."""
         digests = {n: d for n, d in self._digests().items() if (self.checkpoints / n).exists()}
         write_json(self._digests_path, {**digests, **{p.name: _sha256(p) for p in paths}})
 
     def verify(self, path: Path) -> None:
-        """Raise DamagedFile where `path`'s bytes are not those recorded when it was written
-        (files written before digests were recorded are not checked)."""
+        """Raise DamagedFile where `path` holds weights that were written and are gone, or its
+        bytes are not those recorded when it was written (files written before digests were
+        recorded are not checked). A resume state that is gone is not damage: they come and go."""
         expected = self._digests().get(path.name)
-        if expected is not None and path.exists() and _sha256(path) != expected:
+        if expected is None or (not path.exists() and path.name.startswith("state_")):
+            return
+        if not path.exists():
+            raise DamagedFile(
+                path,
+                "is gone: it was written (its digest is recorded) and deleted since",
+                f"restore it, or {self.retrain}",
+            )
+        if _sha256(path) != expected:
             raise DamagedFile(
                 path,
                 "its bytes differ from those written (SHA-256 mismatch)",
@@ -205,7 +224,8 @@ class RunDir:
         problem's message, or None."""
         try:
             self.records  # noqa: B018 (read to check them)
-            for path in sorted(self.checkpoints.glob("*_*.*")):
+            written = {self.checkpoints / name for name in self._digests()}
+            for path in sorted(written | set(self.checkpoints.glob("*_*.*"))):
                 if _EPOCH.match(path.name):
                     self.verify(path)
         except DamagedFile as error:
@@ -228,8 +248,11 @@ class RunDir:
 
     def drop_resume_state(self) -> None:
         """A finished run needs no optimizer state: keep only the weights."""
-        for epoch in self._epochs("state_*.pt"):
-            self.state_path(epoch).unlink()
+        epochs = self.resume_epochs
+        for epoch in epochs:
+            self.state_path(epoch).unlink(missing_ok=True)  # its trainer may be dropping it too
+        if epochs:
+            self._record_digests([])
 
     def load_state(self, epoch: int) -> dict[str, Any]:
         path = self.state_path(epoch)
@@ -250,26 +273,28 @@ class RunDir:
         self._record_digests([self.weights_path(epoch)])
 
     def save_checkpoint(
-        self,
-        epoch: int,
-        weights: dict[str, torch.Tensor],
-        state: dict[str, Any],
-        keep: Callable[[int], bool],
+        self, epoch: int, weights: dict[str, torch.Tensor], state: dict[str, Any]
     ) -> None:
-        """Write the weights and resume state of `epoch`, then drop the older resume points.
-
-        The weights of a superseded resume point survive only where `keep(epoch)` says they are
-        a checkpoint the user asked for; weights that are not resume points are never touched,
-        so changing the checkpoint schedule on a resumed run deletes nothing it kept.
-        """
+        """Write the weights and then the resume state of `epoch`; older resume points stay
+        until `keep_resume_point(epoch)` commits this one."""
         self.save_weights(epoch, weights)
         atomic_write(self.state_path(epoch), lambda tmp: torch.save(state, tmp))
         self._record_digests([self.state_path(epoch)])
-        for old in self._epochs("state_*.pt"):
-            if old < epoch:
-                if not keep(old):
-                    self.weights_path(old).unlink(missing_ok=True)
-                self.state_path(old).unlink()
+
+    def keep_resume_point(self, epoch: int, keep: Callable[[int], bool]) -> None:
+        """Make `epoch` the run's only resume point: older ones are superseded (once it is
+        committed), newer ones not committed (seeds trained together rewinding to their group's
+        epoch, whose later epochs are written again). The weights of a dropped resume point
+        survive only where `keep(epoch)` says they are a checkpoint the user asked for; weights
+        that are not resume points are never touched, so changing the checkpoint schedule on a
+        resumed run deletes nothing it kept."""
+        others = [other for other in self.resume_epochs if other != epoch]
+        for other in others:
+            if not keep(other):
+                self.weights_path(other).unlink(missing_ok=True)
+            self.state_path(other).unlink()
+        if others:
+            self._record_digests([])
 
 
 def _sha256(path: Path) -> str:
