@@ -69,6 +69,15 @@ def test_concurrent_runs_on_cuda_graphs_train_what_one_at_a_time_trains(
     assert training_gap(str(two[0].path), str(two[1].path)) > 0.5  # seeds 0 and 1 differ
 
 
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """Python's own Ctrl-C handler for the test, whatever the runner inherited: a shell starts
+    a background job with SIGINT ignored, and an ignored Ctrl-C rightly stops nothing."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def interrupt_main_thread_after_epoch(monkeypatch, epoch: int) -> None:
     """Deliver SIGINT (a Ctrl-C) to the main thread once any run has recorded `epoch`, as
     the terminal would, while the runs train in worker threads."""
@@ -82,7 +91,9 @@ def interrupt_main_thread_after_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(Trainee, "end_epoch", end_then_signal)
 
 
-def test_ctrl_c_stops_every_point_and_leaves_none_running(config, tmp_path, monkeypatch):
+def test_ctrl_c_stops_every_point_and_leaves_none_running(
+    config, tmp_path, monkeypatch, ctrl_c_reaches_python
+):
     """Ctrl-C while two runs train at once (each run signals after its first epoch: two
     Ctrl-Cs): both stop at their next step and are marked failed (none is left looking
     `running`), the runs not started stay so, and the relaunched job resumes them to the end
@@ -123,7 +134,7 @@ def test_a_failing_run_stops_no_concurrent_one(config, tmp_path):
     assert run.name.startswith("w2_bs64_s0") and RunDir(run).state == "done"
 
 
-def test_ctrl_c_twice_still_waits_for_every_running_task_to_stop():
+def test_ctrl_c_twice_still_waits_for_every_running_task_to_stop(ctrl_c_reaches_python):
     """The second Ctrl-C arrives while the first is stopping the tasks; at_once still returns
     only once every task that started has ended (Python 3.11's join, interrupted, would let it
     return early), and the tasks not started never start."""

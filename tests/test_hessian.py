@@ -14,12 +14,21 @@ from torch.func import functional_call
 
 from ptmz.errors import ConfigError
 from ptmz.landscape.hessian import (
+    HessianSettings,
+    batches_that_fit,
     exact_trace,
     hessian_metrics,
+    hutchinson_trace,
     hvp_fn,
     top_eigenvalues,
     trainable_parameters,
 )
+from ptmz.objectives import cross_entropy
+
+
+def metrics(model, data, **settings):
+    return hessian_metrics(model, data, HessianSettings(**settings))
+
 
 SIZES = (4, 9, 6)  # unequal batch sizes: each sample must weigh the same
 
@@ -106,18 +115,35 @@ def test_oracle_is_symmetric_and_indefinite(problem):
     assert spectrum[0] < 0 < spectrum[-1]
 
 
-@pytest.mark.parametrize("cache_graph", [True, False], ids=["cached", "per_batch"])
-def test_hvp_matches_dense(problem, cache_graph):
+def budget_caching(model, data, batches: int) -> float:
+    """A graph budget under which exactly the first `batches` batches are cached."""
+    if batches == len(data):
+        return math.inf
+    low, high = 0.0, 1e9
+    for _ in range(80):  # bisect the budget on the count the graph measurement gives
+        middle = (low + high) / 2
+        if batches_that_fit(model, data, cross_entropy, middle) > batches:
+            high = middle
+        else:
+            low = middle
+    assert batches_that_fit(model, data, cross_entropy, low) == batches
+    return low
+
+
+@pytest.mark.parametrize("cached", [3, 0, 1, 2], ids=["all", "none", "one", "two"])
+def test_hvp_matches_dense(problem, cached):
+    """Whole graph cached, every batch recomputed per HVP, or the leading batches that fit
+    a memory budget cached and the rest recomputed: the same H v."""
     model, data, h = problem
     v = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    hv = hvp_fn(model, data, cache_graph=cache_graph)(v)
+    hv = hvp_fn(model, data, max_cache_bytes=budget_caching(model, data, cached))(v)
     assert torch.allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
 
 
 def test_top_eigenvalues_match_dense(problem):
     model, data, h = problem
     expected = torch.linalg.eigvalsh(h).flip(0)[:3]
-    result = hessian_metrics(model, data, top_k=3, tol=1e-6, trace_probes=2)
+    result = metrics(model, data, top_k=3, tol=1e-6, trace_probes=2)
     assert result.eigenvalues == pytest.approx(expected.tolist(), rel=1e-3)
     assert 3 <= result.eigen_iterations <= h.shape[0] and result.eigen_converged
 
@@ -125,23 +151,85 @@ def test_top_eigenvalues_match_dense(problem):
 def test_eigenvalues_short_of_their_tolerance_say_so(problem):
     model, data, _ = problem
     with pytest.warns(RuntimeWarning, match="not converged"):
-        result = hessian_metrics(model, data, top_k=3, max_iter=3, tol=1e-12, trace_probes=2)
+        result = metrics(model, data, top_k=3, max_iter=3, tol=1e-12, trace_probes=2)
     assert result.eigen_iterations == 3 and not result.eigen_converged
     assert result.to_dict()["eigen_converged"] is False
 
 
 def test_top_eigenvalue_at_default_tolerance(problem):
     model, data, h = problem
-    result = hessian_metrics(model, data, trace_probes=2)
+    result = metrics(model, data, trace_probes=2)
     assert result.eigenvalues == pytest.approx([torch.linalg.eigvalsh(h)[-1].item()], rel=1e-3)
 
 
-def test_hutchinson_trace_within_three_standard_errors(problem):
+@pytest.mark.parametrize("method", ["hutchinson", "deflated"])
+def test_trace_within_three_standard_errors(problem, method):
+    """Both estimators on both networks, whose spectra have a negative part (the oracle test
+    above), with a fixed budget of probes and a Krylov space far smaller than the network."""
     model, data, h = problem
-    result = hessian_metrics(model, data, trace_probes=200)
-    assert result.trace_probes == 200
-    assert result.trace_stderr > 0
+    settings = dict(trace=method, trace_rtol=0, trace_probes=200, trace_deflation=4)
+    result = metrics(model, data, max_iter=4, tol=0.5, **settings)
+    assert result.trace_probes == 200 and result.trace_method == method
+    assert result.trace_deflated == (4 if method == "deflated" else 0) < h.shape[0] / 10
+    assert result.trace_stderr > 0 and result.trace_rtol_met is None
     assert abs(result.trace - torch.trace(h).item()) <= 3 * result.trace_stderr
+
+
+def test_deflated_trace_is_exact_on_an_invariant_krylov_space(problem):
+    """Lanczos run to the whole space: the exact part is the whole trace, the probes see
+    nothing (a lost exact part, or probes not projected off the basis, show here)."""
+    model, data, h = problem
+    n = h.shape[0]
+    result = metrics(model, data, max_iter=n, trace_deflation=n, trace_probes=10)
+    assert result.trace == pytest.approx(torch.trace(h).item(), rel=1e-8)
+    assert result.trace_stderr <= 1e-8 * abs(result.trace)
+
+
+def outliers_and_bulk(n: int = 80) -> torch.Tensor:
+    """A Hessian-like symmetric matrix: three outliers above a bulk with a negative part."""
+    g = torch.Generator().manual_seed(4)
+    bulk = torch.rand(n - 3, generator=g, dtype=torch.float64) * 4 - 1
+    spectrum = torch.cat([torch.tensor([60.0, 35.0, 20.0], dtype=torch.float64), bulk])
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q @ torch.diag(spectrum) @ q.T
+
+
+def test_deflated_trace_is_unbiased_with_an_honest_and_smaller_stderr():
+    """1000 independent runs of 10 probes each: the deflated estimates average to tr A, their
+    spread is what each run's stderr says it is, and it is several times smaller than plain
+    Hutchinson's, whose variance the outliers dominate."""
+    a = outliers_and_bulk()
+    n, exact = a.shape[0], torch.trace(a).item()
+
+    def estimates(deflated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stderrs = [], []
+        for seed in range(1000):
+            generator = torch.Generator().manual_seed(seed)
+            hvp = lambda v: a @ v  # noqa: E731
+            eigen = top_eigenvalues(hvp, n, 1, 6, 0.5, generator, min_steps=6) if deflated else None
+            estimate = hutchinson_trace(hvp, n, 10, generator, deflate=eigen)
+            means.append(estimate.mean)
+            stderrs.append(estimate.stderr)
+        return torch.tensor(means), torch.tensor(stderrs)
+
+    deflated, stderrs = estimates(True)
+    plain, _ = estimates(False)
+    spread = deflated.std().item()
+    assert abs(deflated.mean().item() - exact) <= 4 * spread / math.sqrt(len(deflated))
+    assert stderrs.pow(2).mean().sqrt().item() == pytest.approx(spread, rel=0.15)
+    assert spread < plain.std().item() / 4
+
+
+def test_trace_stops_at_its_relative_standard_error():
+    a = outliers_and_bulk()
+    hvp, n = (lambda v: a @ v), a.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    eigen = top_eigenvalues(hvp, n, 1, 6, 0.5, generator, min_steps=6)
+    met = hutchinson_trace(hvp, n, 500, generator, deflate=eigen, rtol=0.01, min_probes=10)
+    assert met.rtol_met and 10 <= met.probes < 500
+    assert met.stderr <= 0.01 * abs(met.mean)
+    short = hutchinson_trace(hvp, n, 12, generator, rtol=1e-6)
+    assert short.probes == 12 and short.rtol_met is False
 
 
 def test_trace_exact_with_every_basis_vector(problem):
@@ -155,7 +243,7 @@ def test_density_is_a_probability_measure_on_the_spectrum(problem):
     model, data, h = problem
     spectrum = torch.linalg.eigvalsh(h)
     slack = 1e-6 * spectrum.abs().max().item()
-    result = hessian_metrics(
+    result = metrics(
         model, data, trace_probes=2, density=True, density_iter=h.shape[0], density_runs=3
     )
     nodes, weights = result.density
@@ -171,9 +259,9 @@ def test_density_is_a_probability_measure_on_the_spectrum(problem):
 def test_deterministic_given_seed():
     model, data = conv_bn()
     settings = {"trace_probes": 20, "density": True, "density_iter": 10}
-    first = hessian_metrics(model, data, seed=5, **settings)
-    assert hessian_metrics(model, data, seed=5, **settings) == first
-    assert hessian_metrics(model, data, seed=6, **settings).trace != first.trace
+    first = metrics(model, data, seed=5, **settings)
+    assert metrics(model, data, seed=5, **settings) == first
+    assert metrics(model, data, seed=6, **settings).trace != first.trace
 
 
 def test_model_left_as_it_was():
@@ -183,7 +271,7 @@ def test_model_left_as_it_was():
     model.train()
     model[2].eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hessian_metrics(model, data, trace_probes=2)
+    metrics(model, data, trace_probes=2)
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True, True]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -193,7 +281,7 @@ def test_train_mode_model_gets_eval_mode_hessian():
     model, data = conv_bn()
     h = dense_hessian(model, data)  # eval mode
     model.train()
-    result = hessian_metrics(model, data, tol=1e-6, trace_probes=2)
+    result = metrics(model, data, tol=1e-6, trace_probes=2)
     assert result.eigenvalues[0] == pytest.approx(torch.linalg.eigvalsh(h)[-1].item(), rel=1e-3)
 
 
@@ -210,7 +298,7 @@ def test_top_means_most_positive_not_largest_magnitude():
 
 def test_result_is_json_friendly():
     model, data = mlp()
-    result = hessian_metrics(model, data, trace_probes=5, density=True, density_iter=5)
+    result = metrics(model, data, trace_probes=5, density=True, density_iter=5)
     out = json.loads(json.dumps(result.to_dict()))
     assert out["trace_probes"] == 5
     assert len(out["density"]["nodes"]) == len(out["density"]["weights"]) == 5
@@ -223,6 +311,10 @@ def test_result_is_json_friendly():
         ("batches", {"batches": []}),
         ("top_k", {"top_k": 0}),
         ("trace_probes", {"trace_probes": 1}),
+        ("trace", {"trace": "hutch"}),
+        ("trace_rtol", {"trace_rtol": -0.1}),
+        ("trace_deflation", {"trace_deflation": -1}),
+        ("trace_min_probes", {"trace_min_probes": 1}),
         ("max_iter", {"top_k": 4, "max_iter": 3}),
         ("density_iter", {"density": True, "density_iter": 0}),
         ("density_runs", {"density": True, "density_runs": 0}),
@@ -232,5 +324,5 @@ def test_bad_inputs_name_the_key(key, kwargs):
     model, data = mlp()
     kwargs = {"batches": data} | kwargs
     with pytest.raises(ConfigError) as error:
-        hessian_metrics(model, **kwargs)
+        metrics(model, kwargs.pop("batches"), **kwargs)
     assert error.value.key == key

@@ -5,7 +5,7 @@ the populations, data and files.
 """
 
 from ptmz.landscape.cka import linear_cka, mean_pairwise_cka, model_cka
-from ptmz.landscape.hessian import HessianResult, hessian_metrics
+from ptmz.landscape.hessian import HessianResult, HessianSettings, hessian_metrics
 from ptmz.landscape.paths import (
     CurveSettings,
     PathData,
@@ -19,6 +19,7 @@ from ptmz.landscape.paths import (
 __all__ = [
     "CurveSettings",
     "HessianResult",
+    "HessianSettings",
     "PathData",
     "barrier",
     "curve_metrics",

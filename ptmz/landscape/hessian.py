@@ -15,11 +15,18 @@ counting negative. Density nodes are eigenvalues on the same scale as H.
 Algorithms.
   - Top-k eigenvalues: Lanczos with full reorthogonalisation from a Gaussian start vector,
     stopped once every top-k Ritz value θ has residual ‖Hy − θy‖ = β|s_m| ≤ tol·|θ| (then an
-    eigenvalue of H lies within tol·|θ| of θ). ``eigen_iterations`` is the number of Lanczos
-    steps, i.e. the total number of Hessian-vector products (HVPs) for all k eigenvalues.
-  - Trace: Hutchinson's estimator ``mean(zᵀHz)`` over exactly ``trace_probes`` Rademacher
-    probes z, with its standard error std/√probes (ddof=1). No early stop: the published code's
-    running-mean stop rule can stop after two probes.
+    eigenvalue of H lies within tol·|θ| of θ) and at least ``trace_deflation`` steps are made.
+    ``eigen_iterations`` is the number of Lanczos steps, i.e. of Hessian-vector products (HVPs).
+  - Trace, ``deflated`` (the default): the Lanczos run's orthonormal basis Q (m × n) spans a
+    Krylov space that holds the top of the spectrum, which dominates the variance of a
+    stochastic trace. Its part of the trace is exact and free, tr(QᵀHQ) = Σ α_j (the Lanczos
+    diagonal); the rest, tr(P⊥HP⊥) with P⊥ = I − QQᵀ, is Hutchinson's mean of (P⊥z)ᵀH(P⊥z)
+    over Rademacher probes z drawn independently of Q, so the sum is unbiased (the deflated
+    Hutchinson estimator; Hutch++, Meyer et al. 2021, with a Krylov sketch). ``hutchinson``:
+    plain ``mean(zᵀHz)``. Either way the standard error is the probes' std/√probes (ddof=1);
+    probing stops once it is at most ``trace_rtol``·|trace| (after ``trace_min_probes``), or
+    after ``trace_probes``. A stop that looks at the samples biases the mean by a small
+    fraction of the standard error; ``trace_rtol=0`` runs exactly ``trace_probes`` probes.
   - Density: stochastic Lanczos quadrature (Ghorbani et al. 2019): for each of ``density_runs``
     Rademacher starts, ``density_iter`` Lanczos steps; nodes are the Ritz values and weights the
     squared first components of the tridiagonal matrix's eigenvectors, averaged over runs (the
@@ -39,21 +46,30 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ptmz.errors import ConfigError
+from ptmz.errors import ConfigError, choose
 from ptmz.models.mode import eval_mode
 from ptmz.objectives import Loss, cross_entropy
 
 HVP = Callable[[Tensor], Tensor]
+Progress = Callable[[str], None]
+TRACE_METHODS = {
+    "deflated": "exact on the Lanczos run's Krylov space, Hutchinson on the rest",
+    "hutchinson": "plain Hutchinson",
+}
 
 
 @dataclass(frozen=True)
 class HessianResult:
     eigenvalues: list[float]  # top-k, most positive first
-    eigen_iterations: int  # Lanczos steps = HVPs spent on all k eigenvalues together
+    eigen_iterations: int  # Lanczos steps = HVPs of the run behind the eigenvalues (and deflation)
     eigen_converged: bool  # every top-k residual within tol; False: max_iter ran out first
-    trace: float  # Hutchinson estimate
-    trace_stderr: float  # standard error of the mean over probes, std/sqrt(probes), ddof=1
-    trace_probes: int
+    trace: float
+    trace_stderr: float  # of the estimator used: the probes' std/sqrt(probes), ddof=1
+    trace_probes: int  # probes used
+    trace_method: str  # deflated or hutchinson
+    trace_deflated: int  # dimension of the space whose trace is exact (0: plain Hutchinson)
+    trace_rtol_met: bool | None  # stderr <= trace_rtol·|trace| reached; None: no target set
+    hvps: int  # Hessian-vector products in all
     density: tuple[list[float], list[float]] | None  # SLQ (nodes, weights), if asked for
 
     def to_dict(self) -> dict:
@@ -70,6 +86,8 @@ class Eigenpairs:
     vectors: Tensor  # (k, n) unit Ritz vectors, row i belongs to values[i]
     iterations: int  # Lanczos steps (HVPs)
     converged: bool  # every value's residual within tol
+    basis: Tensor  # (m, n) the run's orthonormal Lanczos vectors
+    basis_trace: float  # tr(QᵀHQ) over that basis: the sum of the Lanczos diagonal
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class TraceEstimate:
     mean: float
     stderr: float
     probes: int
+    rtol_met: bool | None = None  # None: a fixed number of probes
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -88,7 +107,7 @@ def hvp_fn(
     batches: list[tuple[Tensor, Tensor]],
     loss_fn: Loss = cross_entropy,
     *,
-    cache_graph: bool = True,
+    max_cache_bytes: float = math.inf,
 ) -> HVP:
     """``v -> Hv`` for the mean loss over all samples in ``batches`` (see the module docstring).
 
@@ -96,14 +115,16 @@ def hvp_fn(
     objective: cross-entropy, or a PDE loss that differentiates the inputs too). ``v`` is a
     flat vector of any dtype and device; Hv comes back in v's dtype and device.
 
-    HVPs are double backward: with ``cache_graph`` the gradient graph of the whole data set
-    (batches concatenated into one) is built once and each HVP only backpropagates through it.
-    For ResNet-18 width 8 on 640 32x32 inputs (2-core CPU) one HVP took 2.4 s this way, against
-    3.5 s for forward-over-reverse ``torch.func.jvp(grad(loss))`` and 3.3-3.5 s for recomputing
-    forward and backward per HVP; on 640 8x8 digits 0.23 s against 0.79 s for PyHessian's
-    per-batch recomputation. Batching probes (``is_grads_batched``, i.e. vmap) was ~10x slower
-    per probe, so probes run one at a time. The cached graph holds the activations of all samples
-    at once; ``cache_graph=False`` recomputes batch by batch to bound memory by one batch.
+    HVPs are double backward. The gradient graph of as many leading batches as fit
+    ``max_cache_bytes`` (the tensors it saves, measured on the first batch) is built once, the
+    batches concatenated, and each HVP only backpropagates through it; the other batches are
+    recomputed per HVP (forward, backward, double backward: about 3x the cost), so memory is
+    bounded by the budget plus one batch. For ResNet-18 width 8 on 640 32x32 inputs (2-core
+    CPU) a cached HVP took 2.4 s, against 3.5 s for forward-over-reverse
+    ``torch.func.jvp(grad(loss))`` and 3.3-3.5 s recomputed; on 640 8x8 digits 0.23 s against
+    0.79 s for PyHessian's per-batch recomputation. Batches are combined as a size-weighted
+    mean of batch means: a loss that is not a mean over samples (the PINN's sum of per-kind
+    means) needs the whole graph cached (the default, an unbounded budget).
     """
     if not batches:
         raise ConfigError("batches", batches, "at least one (inputs, targets) batch")
@@ -111,12 +132,7 @@ def hvp_fn(
     device = params[0].device
 
     def gradient(inputs: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
-        with eval_mode(model):
-            loss = loss_fn(model, inputs.to(device), targets.to(device))
-        # allow_unused/materialize: a parameter the loss does not use has zero Hessian rows.
-        return torch.autograd.grad(
-            loss, params, create_graph=True, allow_unused=True, materialize_grads=True
-        )
+        return _gradient_graph(model, loss_fn, inputs, targets)
 
     def hessian_times(grads: tuple[Tensor, ...], v: Tensor, retain: bool) -> Tensor:
         pieces = v.to(params[0].dtype).to(device).split([p.numel() for p in params])
@@ -131,25 +147,88 @@ def hvp_fn(
         )
         return torch.cat([h.reshape(-1) for h in hv]).to(v)
 
-    if cache_graph:
-        cached = gradient(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
-        return lambda v: hessian_times(cached, v, retain=True)
-
     total = sum(len(targets) for _, targets in batches)
+    cached_count = batches_that_fit(model, batches, loss_fn, max_cache_bytes)
+    cached, recomputed = batches[:cached_count], batches[cached_count:]
+    graph = gradient(*(torch.cat(parts) for parts in zip(*cached, strict=True))) if cached else ()
+    cached_share = sum(len(targets) for _, targets in cached) / total
 
-    def recomputed(v: Tensor) -> Tensor:
-        # Weight each batch's mean-loss Hessian by its share of the samples.
-        return sum(
-            hessian_times(gradient(inputs, targets), v, retain=False) * (len(targets) / total)
-            for inputs, targets in batches
-        )
+    def hvp(v: Tensor) -> Tensor:
+        hv = hessian_times(graph, v, retain=True) * cached_share if cached else 0
+        for inputs, targets in recomputed:  # each batch's mean-loss Hessian, by its share
+            hv = hv + hessian_times(gradient(inputs, targets), v, retain=False) * (
+                len(targets) / total
+            )
+        return hv
 
-    return recomputed
+    return hvp
+
+
+def _gradient_graph(
+    model: nn.Module, loss_fn: Loss, inputs: Tensor, targets: Tensor
+) -> tuple[Tensor, ...]:
+    """The loss gradient of every trainable parameter, with its graph (for double backward)."""
+    params = trainable_parameters(model)
+    with eval_mode(model):
+        loss = loss_fn(model, inputs.to(params[0].device), targets.to(params[0].device))
+    # allow_unused/materialize: a parameter the loss does not use has zero Hessian rows.
+    return torch.autograd.grad(
+        loss, params, create_graph=True, allow_unused=True, materialize_grads=True
+    )
+
+
+def batches_that_fit(
+    model: nn.Module, batches: list[tuple[Tensor, Tensor]], loss_fn: Loss, budget: float
+) -> int:
+    """How many leading batches' gradient graph fits `budget` bytes: the tensors the graph of
+    the first batch saves (its parameters aside), scaled by the samples."""
+    if budget == math.inf:
+        return len(batches)
+    if budget <= 0:
+        return 0
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def count(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        _gradient_graph(model, loss_fn, *batches[0])
+    per_sample = sum(saved.values()) / len(batches[0][1])
+    fit, samples = 0, 0
+    for _, targets in batches:
+        samples += len(targets)
+        if samples * per_sample > budget:
+            break
+        fit += 1
+    return fit
+
+
+def default_cache_bytes(device: torch.device) -> float:
+    """The gradient graph's default budget: a quarter of the device's free memory, and on the
+    CPU (memory other jobs on a node share) at most 2 GiB."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 4
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: assume a laptop's 8 GiB
+        available = 8 * 2**30
+    return min(available / 4, 2 * 2**30)
 
 
 def _at_least(key: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ConfigError(key, value, f"an integer >= {minimum}")
+
+
+def _check_rtol(rtol: float) -> None:
+    if not (isinstance(rtol, int | float) and 0 <= rtol < math.inf):
+        raise ConfigError("trace_rtol", rtol, "a number >= 0 (0: always trace_probes probes)")
 
 
 def _gaussian(n: int, generator: torch.Generator, dtype: torch.dtype, device) -> Tensor:
@@ -181,10 +260,11 @@ def _lanczos(
     Full reorthogonalisation (classical Gram-Schmidt against every basis vector, twice: "twice is
     enough") keeps the basis orthonormal, so no spurious copies of converged eigenvalues appear;
     it also subtracts the three-term recurrence's α q_j and β q_{j-1}. The run ends early when the
-    residual vanishes: the Krylov space is then invariant and the Ritz values are exact.
+    residual vanishes: the Krylov space is then invariant and the Ritz values are exact. The
+    basis grows as the run goes (a run stopping early holds no room for ``steps`` vectors).
     """
     steps = min(steps, start.numel())
-    basis = torch.empty(steps, start.numel(), dtype=start.dtype, device=start.device)
+    basis = start.new_empty(min(steps, 16), start.numel())
     basis[0] = start / start.norm()
     alphas: list[float] = []
     betas: list[float] = []
@@ -200,6 +280,9 @@ def _lanczos(
         invariant = betas[-1] <= 100 * torch.finfo(w.dtype).eps * scale
         if j + 1 == steps or invariant or done(krylov):
             break
+        if j + 1 == len(basis):
+            room = basis.new_empty(min(len(basis), steps - len(basis)), basis.shape[1])
+            basis = torch.cat([basis, room])
         basis[j + 1] = w / betas[-1]
     return krylov
 
@@ -225,25 +308,42 @@ def top_eigenvalues(
     tol: float,
     generator: torch.Generator,
     *,
+    min_steps: int = 0,
+    progress: Progress | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
 ) -> Eigenpairs:
     """The k most positive eigenvalues of the n×n operator ``hvp`` and their vectors, by
-    Lanczos (at most ``max_iter`` steps) to relative residual ``tol``; warns if not converged."""
+    Lanczos (at most ``max_iter`` steps, at least ``min_steps`` where it has them: the Krylov
+    space a deflated trace uses) to relative residual ``tol``; warns if not converged."""
     _at_least("top_k", k, 1)
     _at_least("max_iter", max_iter, k)
     converged = _top_ritz_converged(k, tol)
-    krylov = _lanczos(hvp, _gaussian(n, generator, dtype, device), max_iter, converged)
+
+    def done(krylov: _Krylov) -> bool:
+        if progress is not None:
+            top = krylov.ritz()[0][-1]
+            progress(f"Lanczos step {len(krylov.alphas)}/{max_iter}: top eigenvalue {top:.5g}")
+        return len(krylov.alphas) >= min_steps and converged(krylov)
+
+    krylov = _lanczos(hvp, _gaussian(n, generator, dtype, device), max_iter, done)
     values, vectors = krylov.ritz()
-    done = converged(krylov)
-    if not done:
+    reached = converged(krylov)
+    if not reached:
         warnings.warn(
             f"Lanczos: top-{k} eigenvalues not converged to tol={tol} in {max_iter} steps",
             RuntimeWarning,
             stacklevel=2,
         )
     top = vectors[:, -k:].flip(1).to(krylov.basis)
-    return Eigenpairs(values[-k:].flip(0).tolist(), top.T @ krylov.basis, len(krylov.alphas), done)
+    return Eigenpairs(
+        values=values[-k:].flip(0).tolist(),
+        vectors=top.T @ krylov.basis,
+        iterations=len(krylov.alphas),
+        converged=reached,
+        basis=krylov.basis,
+        basis_trace=sum(krylov.alphas),
+    )
 
 
 def probe_trace(hvp: HVP, probes: Iterable[Tensor]) -> TraceEstimate:
@@ -263,12 +363,40 @@ def hutchinson_trace(
     probes: int,
     generator: torch.Generator,
     *,
+    deflate: Eigenpairs | None = None,
+    rtol: float = 0.0,
+    min_probes: int = 10,
+    progress: Progress | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
 ) -> TraceEstimate:
-    """tr H estimated from exactly ``probes`` Rademacher probes (no early stopping)."""
+    """tr H from at most ``probes`` Rademacher probes, stopping once the standard error is at
+    most ``rtol``·|estimate| after at least ``min_probes`` (``rtol`` 0: exactly ``probes``).
+    With ``deflate`` (a Lanczos run on the same H), the trace on its basis is exact and the
+    probes are projected off it (the deflated estimator of the module docstring)."""
     _at_least("trace_probes", probes, 2)
-    return probe_trace(hvp, (_rademacher(n, generator, dtype, device) for _ in range(probes)))
+    _at_least("trace_min_probes", min_probes, 2)
+    _check_rtol(rtol)
+    basis = deflate.basis if deflate is not None else None
+    exact = deflate.basis_trace if deflate is not None else 0.0
+    samples: list[float] = []
+    while len(samples) < probes:
+        z = _rademacher(n, generator, dtype, device)
+        if basis is not None:
+            for _ in range(2):  # twice, as in Lanczos: float32 loses orthogonality in one pass
+                z = z - basis.T @ (basis @ z)
+        samples.append(float(z @ hvp(z)))
+        if len(samples) < 2:
+            continue
+        values = torch.tensor(samples, dtype=torch.float64)
+        mean = exact + float(values.mean())
+        stderr = float(values.std(correction=1)) / math.sqrt(len(samples))
+        if progress is not None:
+            relative = stderr / abs(mean) if mean else math.inf
+            progress(f"probe {len(samples)}/{probes}: trace {mean:.5g} ± {relative:.1%}")
+        if rtol > 0 and len(samples) >= min_probes and stderr <= rtol * abs(mean):
+            return TraceEstimate(mean, stderr, len(samples), True)
+    return TraceEstimate(mean, stderr, len(samples), False if rtol > 0 else None)
 
 
 def exact_trace(
@@ -303,47 +431,104 @@ def slq_density(
     return nodes, weights
 
 
+class _Counted:
+    """An HVP that counts its calls."""
+
+    def __init__(self, hvp: HVP) -> None:
+        self.hvp, self.calls = hvp, 0
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        return self.hvp(v)
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """What `hessian_metrics` computes and to what accuracy (see the module docstring)."""
+
+    top_k: int = 1
+    max_iter: int = 100
+    tol: float = 1e-3
+    trace: str = "deflated"
+    trace_deflation: int = 20
+    trace_rtol: float = 0.05
+    trace_min_probes: int = 10
+    trace_probes: int = 100
+    density: bool = False
+    density_iter: int = 100
+    density_runs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("top_k", self.top_k, 1)
+        _at_least("max_iter", self.max_iter, self.top_k)
+        choose("trace", self.trace, TRACE_METHODS)
+        _at_least("trace_deflation", self.trace_deflation, 0)
+        _at_least("trace_probes", self.trace_probes, 2)
+        _at_least("trace_min_probes", self.trace_min_probes, 2)
+        _check_rtol(self.trace_rtol)
+        if self.density:
+            _at_least("density_iter", self.density_iter, 1)
+            _at_least("density_runs", self.density_runs, 1)
+
+
 def hessian_metrics(
     model: nn.Module,
     batches: list[tuple[Tensor, Tensor]],
+    settings: HessianSettings = HessianSettings(),
     *,
-    top_k: int = 1,
-    max_iter: int = 100,
-    tol: float = 1e-3,
-    trace_probes: int = 100,
-    density: bool = False,
-    density_iter: int = 100,
-    density_runs: int = 1,
-    seed: int = 0,
     loss_fn: Loss = cross_entropy,
-    cache_graph: bool = True,
+    max_cache_bytes: float = math.inf,
+    progress: Progress | None = None,
 ) -> HessianResult:
     """Top-k eigenvalues, trace and (optionally) density of the Hessian defined in the module
     docstring. The model's parameters and training flags are left as they were.
-    `cache_graph` trades memory for speed (see `hvp_fn`)."""
-    # Check every count before hvp_fn builds the (expensive) gradient graph; it checks batches.
-    _at_least("top_k", top_k, 1)
-    _at_least("max_iter", max_iter, top_k)
-    _at_least("trace_probes", trace_probes, 2)
-    if density:
-        _at_least("density_iter", density_iter, 1)
-        _at_least("density_runs", density_runs, 1)
-    hvp = hvp_fn(model, batches, loss_fn, cache_graph=cache_graph)
+    `max_cache_bytes` bounds the memory of the cached gradient graph (see `hvp_fn`);
+    `progress` is called with a line on each step (Lanczos step, probe)."""
+    s = settings
+    hvp = _Counted(hvp_fn(model, batches, loss_fn, max_cache_bytes=max_cache_bytes))
     params = trainable_parameters(model)
     n = sum(p.numel() for p in params)
     like = {"dtype": params[0].dtype, "device": params[0].device}
-    generator = torch.Generator().manual_seed(seed)
-    eigen = top_eigenvalues(hvp, n, top_k, max_iter, tol, generator, **like)
-    trace = hutchinson_trace(hvp, n, trace_probes, generator, **like)
+    generator = torch.Generator().manual_seed(s.seed)
+    deflated = s.trace == "deflated"
+    eigen = top_eigenvalues(
+        hvp,
+        n,
+        s.top_k,
+        s.max_iter,
+        s.tol,
+        generator,
+        min_steps=min(s.trace_deflation, s.max_iter) if deflated else 0,
+        progress=progress,
+        **like,
+    )
+    estimate = hutchinson_trace(
+        hvp,
+        n,
+        s.trace_probes,
+        generator,
+        deflate=eigen if deflated else None,
+        rtol=s.trace_rtol,
+        min_probes=s.trace_min_probes,
+        progress=progress,
+        **like,
+    )
     spectrum = (
-        slq_density(hvp, n, density_iter, density_runs, generator, **like) if density else None
+        slq_density(hvp, n, s.density_iter, s.density_runs, generator, **like)
+        if s.density
+        else None
     )
     return HessianResult(
         eigenvalues=eigen.values,
         eigen_iterations=eigen.iterations,
         eigen_converged=eigen.converged,
-        trace=trace.mean,
-        trace_stderr=trace.stderr,
-        trace_probes=trace.probes,
+        trace=estimate.mean,
+        trace_stderr=estimate.stderr,
+        trace_probes=estimate.probes,
+        trace_method=s.trace,
+        trace_deflated=len(eigen.basis) if deflated else 0,
+        trace_rtol_met=estimate.rtol_met,
+        hvps=hvp.calls,
         density=spectrum,
     )

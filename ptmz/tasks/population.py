@@ -35,6 +35,7 @@ from ptmz.data.text import corpus_id
 from ptmz.errors import ConfigError, DamagedFile, MissingCheckpoint, choose
 from ptmz.io import read_json, write_json
 from ptmz.objectives import Objective, objective_for
+from ptmz.progress import remaining
 from ptmz.train.loop import resolve_device
 from ptmz.zoo.population import Population, Run
 from ptmz.zoo.results import run_result
@@ -233,19 +234,28 @@ def run_units(
     overwrite: bool,
 ) -> dict[str, int]:
     """Compute and store every unit's result unless its file already holds one computed from
-    the same inputs (runs, epoch, settings); `overwrite` recomputes them all.
+    the same inputs (runs, epoch, settings); `overwrite` recomputes them all. Each result
+    written is logged with the count so far and the time the rest should take.
 
     A unit whose runs lack the checkpoint asked for, or whose files are damaged, is logged and
     passed over, so that it costs its own result only; the first such error is raised once every
     other unit is done. Any other error (the data, the settings) concerns them all and stops the
     task at once. A damaged result file is computed again."""
-    counts, failed = {"computed": 0, "skipped": 0}, []
-    for unit in units:
+    counts, failed, seconds = {"computed": 0, "skipped": 0}, [], 0.0
+    for done, unit in enumerate(units, 1):
         try:
-            counts[_run_unit(unit, target, inputs, compute, overwrite)] += 1
+            path, spent = _run_unit(unit, target, inputs, compute, overwrite)
         except (MissingCheckpoint, DamagedFile) as error:
             log.error("left out: %s", error)
             failed.append(error)
+            continue
+        if spent is None:
+            counts["skipped"] += 1
+            continue
+        counts["computed"] += 1
+        seconds += spent
+        # the units left are assumed to take what those so far took (skipped ones about 0)
+        log.info("wrote %s (%.1f s) [%s]", path, spent, remaining(done, len(units), seconds))
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
     if failed:
         log.error("%d of %d units failed (above); raising the first", len(failed), len(units))
@@ -259,8 +269,9 @@ def _run_unit(
     inputs: Callable[[Unit], dict[str, Any]],
     compute: Callable[[Unit], dict[str, Any]],
     overwrite: bool,
-) -> str:
-    """Compute and store one unit's result, or skip it: "computed" or "skipped"."""
+) -> tuple[Path, float | None]:
+    """Compute and store one unit's result, or skip it: its path, and the seconds it took
+    (None: skipped)."""
     path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
     if path.exists() and not overwrite:
         try:
@@ -269,7 +280,7 @@ def _run_unit(
             log.warning("%s: recomputing", error)
             stored = None
         if stored == expected:
-            return "skipped"
+            return path, None
         if stored is not None:
             log.warning("%s was computed from other inputs: recomputing", path)
     began = time.perf_counter()
@@ -277,8 +288,7 @@ def _run_unit(
     result["seconds"] = time.perf_counter() - began
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
-    log.info("wrote %s (%.1f s)", path, result["seconds"])
-    return "computed"
+    return path, result["seconds"]
 
 
 def per_run_task(
