@@ -56,6 +56,9 @@ def evaluate(model: nn.Module, loader: DeviceLoader) -> tuple[float, float]:
 
 class Objective(Protocol):
     metric: str
+    # a batch's loss is the mean of its samples' losses, so the loss of a set of batches is
+    # their size-weighted mean (what splitting the Hessian's samples into pieces relies on)
+    sample_mean: bool
 
     def inputs(self, batch: Tensor) -> Tensor: ...
 
@@ -70,6 +73,7 @@ class Classification:
     """Cross-entropy; the metric is accuracy."""
 
     metric = "acc"
+    sample_mean = True
 
     def inputs(self, batch: Tensor) -> Tensor:
         return batch
@@ -99,6 +103,7 @@ class ConvectionLoss:
     relative L2 error ||u - u*|| / ||u*|| over the test grid."""
 
     metric = "rel_l2"
+    sample_mean = False  # a mean per kind of point
 
     def inputs(self, batch: Tensor) -> Tensor:
         return batch
@@ -161,6 +166,7 @@ class NextToken:
     perplexity exp(loss) per token."""
 
     metric = "ppl"
+    sample_mean = True  # every window has the same number of positions
 
     def inputs(self, batch: Tensor) -> Tensor:
         return batch[:, :-1]

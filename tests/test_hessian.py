@@ -15,11 +15,12 @@ from torch.func import functional_call
 from ptmz.errors import ConfigError
 from ptmz.landscape.hessian import (
     HessianSettings,
-    batches_that_fit,
     exact_trace,
+    graph_bytes_per_sample,
     hessian_metrics,
     hutchinson_trace,
     hvp_fn,
+    split_for_memory,
     top_eigenvalues,
     trainable_parameters,
 )
@@ -115,28 +116,21 @@ def test_oracle_is_symmetric_and_indefinite(problem):
     assert spectrum[0] < 0 < spectrum[-1]
 
 
-def budget_caching(model, data, batches: int) -> float:
-    """A graph budget under which exactly the first `batches` batches are cached."""
-    if batches == len(data):
-        return math.inf
-    low, high = 0.0, 1e9
-    for _ in range(80):  # bisect the budget on the count the graph measurement gives
-        middle = (low + high) / 2
-        if batches_that_fit(model, data, cross_entropy, middle) > batches:
-            high = middle
-        else:
-            low = middle
-    assert batches_that_fit(model, data, cross_entropy, low) == batches
-    return low
-
-
-@pytest.mark.parametrize("cached", [3, 0, 1, 2], ids=["all", "none", "one", "two"])
-def test_hvp_matches_dense(problem, cached):
-    """Whole graph cached, every batch recomputed per HVP, or the leading batches that fit
-    a memory budget cached and the rest recomputed: the same H v."""
+@pytest.mark.parametrize("share", [math.inf, 0, 0.5, 0.2], ids=["all", "none", "half", "fifth"])
+def test_hvp_matches_dense(problem, share):
+    """The whole graph cached, every batch recomputed per HVP, or the samples that fit a
+    memory budget (a share of the whole graph's bytes) cached and the rest recomputed in
+    pieces: the same H v."""
     model, data, h = problem
+    per_sample = 2 * graph_bytes_per_sample(model, data[0], cross_entropy)  # with its backward
+    budget = share * per_sample * sum(len(y) for _, y in data) if share else 0
+    cached, pieces = split_for_memory(model, data, cross_entropy, budget)
+    if share in (0.5, 0.2):  # some of each, and never more alive at once than the budget
+        assert cached is not None and pieces
+        biggest = max(len(y) for _, y in pieces)
+        assert (len(cached[1]) + biggest) * per_sample <= budget
     v = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    hv = hvp_fn(model, data, max_cache_bytes=budget_caching(model, data, cached))(v)
+    hv = hvp_fn(model, data, max_cache_bytes=budget)(v)
     assert torch.allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
 
 
@@ -326,3 +320,13 @@ def test_bad_inputs_name_the_key(key, kwargs):
     with pytest.raises(ConfigError) as error:
         metrics(model, kwargs.pop("batches"), **kwargs)
     assert error.value.key == key
+
+
+def test_progress_tells_the_phase_and_the_estimate():
+    model, data = mlp()
+    lines: list[str] = []
+    result = hessian_metrics(model, data, HessianSettings(trace_probes=12), progress=lines.append)
+    lanczos = [line for line in lines if line.startswith("Lanczos step")]
+    probes = [line for line in lines if line.startswith("probe")]
+    assert len(lanczos) == result.eigen_iterations and len(lanczos) + len(probes) + 1 == result.hvps
+    assert probes[-1].startswith(f"probe {result.trace_probes}/12: trace {result.trace:.5g} ± ")

@@ -51,6 +51,7 @@ from ptmz.models.mode import eval_mode
 from ptmz.objectives import Loss, cross_entropy
 
 HVP = Callable[[Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
 Progress = Callable[[str], None]
 TRACE_METHODS = {
     "deflated": "exact on the Lanczos run's Krylov space, Hutchinson on the rest",
@@ -115,12 +116,12 @@ def hvp_fn(
     objective: cross-entropy, or a PDE loss that differentiates the inputs too). ``v`` is a
     flat vector of any dtype and device; Hv comes back in v's dtype and device.
 
-    HVPs are double backward. The gradient graph of as many leading batches as fit
-    ``max_cache_bytes`` (the tensors it saves, measured on the first batch) is built once, the
-    batches concatenated, and each HVP only backpropagates through it; the other batches are
-    recomputed per HVP (forward, backward, double backward: about 3x the cost), so memory is
-    bounded by the budget plus one batch. For ResNet-18 width 8 on 640 32x32 inputs (2-core
-    CPU) a cached HVP took 2.4 s, against 3.5 s for forward-over-reverse
+    HVPs are double backward. The gradient graph of as many samples as ``max_cache_bytes``
+    allows is built once and each HVP only backpropagates through it; the other samples are
+    recomputed per HVP in pieces (forward, backward, double backward: about 3x the cost), so
+    that the graphs alive at once fit the budget (`split_for_memory`). For ResNet-18 width 8
+    on 640 32x32 inputs (2-core CPU) a cached HVP took 2.4 s, against 3.5 s for
+    forward-over-reverse
     ``torch.func.jvp(grad(loss))`` and 3.3-3.5 s recomputed; on 640 8x8 digits 0.23 s against
     0.79 s for PyHessian's per-batch recomputation. Batches are combined as a size-weighted
     mean of batch means: a loss that is not a mean over samples (the PINN's sum of per-kind
@@ -148,14 +149,13 @@ def hvp_fn(
         return torch.cat([h.reshape(-1) for h in hv]).to(v)
 
     total = sum(len(targets) for _, targets in batches)
-    cached_count = batches_that_fit(model, batches, loss_fn, max_cache_bytes)
-    cached, recomputed = batches[:cached_count], batches[cached_count:]
-    graph = gradient(*(torch.cat(parts) for parts in zip(*cached, strict=True))) if cached else ()
-    cached_share = sum(len(targets) for _, targets in cached) / total
+    cached, recomputed = split_for_memory(model, batches, loss_fn, max_cache_bytes)
+    graph = gradient(*cached) if cached is not None else ()
+    cached_share = len(cached[1]) / total if cached is not None else 0.0
 
     def hvp(v: Tensor) -> Tensor:
-        hv = hessian_times(graph, v, retain=True) * cached_share if cached else 0
-        for inputs, targets in recomputed:  # each batch's mean-loss Hessian, by its share
+        hv = hessian_times(graph, v, retain=True) * cached_share if graph else 0
+        for inputs, targets in recomputed:  # each piece's mean-loss Hessian, by its share
             hv = hv + hessian_times(gradient(inputs, targets), v, retain=False) * (
                 len(targets) / total
             )
@@ -177,15 +177,9 @@ def _gradient_graph(
     )
 
 
-def batches_that_fit(
-    model: nn.Module, batches: list[tuple[Tensor, Tensor]], loss_fn: Loss, budget: float
-) -> int:
-    """How many leading batches' gradient graph fits `budget` bytes: the tensors the graph of
-    the first batch saves (its parameters aside), scaled by the samples."""
-    if budget == math.inf:
-        return len(batches)
-    if budget <= 0:
-        return 0
+def graph_bytes_per_sample(model: nn.Module, batch: Batch, loss_fn: Loss) -> float:
+    """The bytes of the tensors the gradient graph of `batch` saves (its parameters aside),
+    per sample."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -196,20 +190,48 @@ def batches_that_fit(
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-        _gradient_graph(model, loss_fn, *batches[0])
-    per_sample = sum(saved.values()) / len(batches[0][1])
-    fit, samples = 0, 0
-    for _, targets in batches:
-        samples += len(targets)
-        if samples * per_sample > budget:
-            break
-        fit += 1
-    return fit
+        _gradient_graph(model, loss_fn, *batch)
+    return sum(saved.values()) / len(batch[1])
+
+
+MEASURED_SAMPLES = 16
+
+
+def split_for_memory(
+    model: nn.Module, batches: list[Batch], loss_fn: Loss, budget: float
+) -> tuple[Batch | None, list[Batch]]:
+    """The samples whose gradient graph is built once (None: none) and the pieces built anew
+    for every HVP, so that the graphs alive at once and the HVP's backward through them fit
+    `budget` bytes (measured on the first samples: `graph_bytes_per_sample`, doubled). All fit:
+    one graph of every sample. Else the pieces hold what a quarter of the budget does (at
+    least one sample) and the cached samples what is left. A budget of 0 recomputes the
+    batches as given."""
+    if budget == math.inf:
+        return _joined(batches), []
+    if budget <= 0:
+        return None, batches
+    inputs, targets = _joined(batches)
+    # measured on a few samples: the graph of a whole batch may be what does not fit; an HVP's
+    # backward through a graph allocates about as much again as the graph holds
+    first = (batches[0][0][:MEASURED_SAMPLES], batches[0][1][:MEASURED_SAMPLES])
+    per_sample = 2 * graph_bytes_per_sample(model, first, loss_fn)
+    if len(targets) * per_sample <= budget:
+        return (inputs, targets), []
+    piece = max(1, int(budget / 4 / per_sample))
+    kept = max(0, int((budget - piece * per_sample) / per_sample))
+    cached = (inputs[:kept], targets[:kept]) if kept else None
+    pieces = list(zip(inputs[kept:].split(piece), targets[kept:].split(piece), strict=True))
+    return cached, pieces
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    inputs, targets = zip(*batches, strict=True)
+    return torch.cat(inputs), torch.cat(targets)
 
 
 def default_cache_bytes(device: torch.device) -> float:
     """The gradient graph's default budget: a quarter of the device's free memory, and on the
-    CPU (memory other jobs on a node share) at most 2 GiB."""
+    CPU (memory other jobs on a node share) at most 1 GiB."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 4
     try:
@@ -218,7 +240,7 @@ def default_cache_bytes(device: torch.device) -> float:
         available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):  # not Linux: assume a laptop's 8 GiB
         available = 8 * 2**30
-    return min(available / 4, 2 * 2**30)
+    return min(available / 4, 2**30)
 
 
 def _at_least(key: str, value: int, minimum: int) -> None:
@@ -450,7 +472,7 @@ class HessianSettings:
     max_iter: int = 100
     tol: float = 1e-3
     trace: str = "deflated"
-    trace_deflation: int = 20
+    trace_deflation: int = 0
     trace_rtol: float = 0.05
     trace_min_probes: int = 10
     trace_probes: int = 100

@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 
 from ptmz.errors import ConfigError, choose
 from ptmz.landscape.hessian import HessianSettings, default_cache_bytes, hessian_metrics
-from ptmz.objectives import Classification
 from ptmz.progress import Ticker
 from ptmz.tasks.population import SAMPLINGS, Workspace, per_run_task
 from ptmz.zoo.population import Run
@@ -24,7 +23,7 @@ SPLITS = ("train", "test")
 def cache_bytes(value: float | None, ws: Workspace) -> float:
     """`task.max_cache_gb` in bytes (null: `default_cache_bytes`). The PINN's loss is not a
     mean over samples, so its graph cannot be split into batches: always cached whole."""
-    if not isinstance(ws.objective(ws.population.runs[0]), Classification):
+    if not ws.objective(ws.population.runs[0]).sample_mean:
         if value is not None:
             reason = "its loss is not a mean over samples: the graph is cached whole"
             raise ConfigError("task.max_cache_gb", value, f"null for this dataset ({reason})")
