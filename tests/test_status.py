@@ -39,6 +39,19 @@ def test_status_shows_every_run_of_the_grid(digits_population, tmp_path):
     assert f"failed: {runs['w4_bs64_s0'].resolve()}: OutOfMemoryError: x" in result.stdout
 
 
+def test_values_named_on_the_command_line_narrow_the_runs_shown(digits_population, tmp_path):
+    """Runs in the folder from other sweeps are shown only within the narrowed grid."""
+    shutil.copytree(digits_population, tmp_path / "digits_resnet18")
+    grid = ["width=4", "seed=[0,1]", "epochs=3"]
+    narrowed = launch("task=status", f"out_dir={tmp_path}", "batch_size=32", *grid)
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "2 runs: 2 done" in narrowed.stdout
+    rows = [line.split() for line in narrowed.stdout.splitlines()]
+    assert ["32", "D", "D"] in rows and not [row for row in rows if row[:1] == ["64"]]
+    wider = launch("task=status", f"out_dir={tmp_path}", "batch_size=[32,64]", *grid)
+    assert "4 runs: 3 done, 1 not started" in wider.stdout
+
+
 def test_command_line_values_are_read_as_a_sweep_reads_them(tmp_path):
     """`lr=1e-4` is a number to Hydra's grammar (and to a training sweep), a string to YAML."""
     result = launch("task=status", "zoo=convection_pinn", "lr=1e-4", f"out_dir={tmp_path}")

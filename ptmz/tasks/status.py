@@ -17,11 +17,13 @@ from ptmz.zoo.rundir import RunDir
 from ptmz.zoo.status import RunStatus, status_grid
 
 
-def sweep_grid(cfg: DictConfig) -> list[dict[str, object]]:
-    """Every combination of the zoo's sweep (`hydra.sweeper.params`), with the values named on
-    the command line in place of the zoo's: `width=8` narrows the grid, `seed=[0,1,2]` (a list:
-    Hydra accepts commas only with -m) extends it."""
+def sweep_axes(cfg: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """The values of every axis of the zoo's sweep (`hydra.sweeper.params`), with the values
+    named on the command line in place of the zoo's: `width=8` narrows the grid, `seed=[0,1,2]`
+    (a list: Hydra accepts commas only with -m) extends it; and the axes the command line
+    named."""
     axes: dict[str, list] = {}
+    named: dict[str, list] = {}
     for key, text in (HydraConfig.get().sweeper.params or {}).items():
         if "(" in str(text):
             raise ConfigError(key, text, "a comma-separated list (status expands no functions)")
@@ -29,8 +31,8 @@ def sweep_grid(cfg: DictConfig) -> list[dict[str, object]]:
     for override in HydraConfig.get().overrides.task:
         key = override.partition("=")[0]
         if key in axes or key in RUN_KEYS:
-            axes[key] = _values(override)
-    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+            axes[key] = named[key] = _values(override)
+    return axes, named
 
 
 def _values(override: str) -> list:
@@ -47,19 +49,22 @@ def status(cfg: DictConfig) -> dict[str, int]:
     choose("task.temperature", cfg.task.temperature, dict.fromkeys(TEMPERATURES))
     choose("task.load", cfg.task.load, dict.fromkeys(LOADS))
     expected = {}
-    for point in sweep_grid(cfg):
+    axes, named = sweep_axes(cfg)
+    for combo in itertools.product(*axes.values()):
+        point = dict(zip(axes, combo, strict=True))
         point_cfg = cfg.copy()
         for key, value in point.items():
             OmegaConf.update(point_cfg, key, value)
         spec = spec_from_config(point_cfg)
         expected[spec.run_dir.resolve()] = {k: getattr(spec, k) for k in GRID_KEYS}
     zoo = Path(cfg.out_dir) / cfg.zoo_name
-    for run in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo
-        path = run.parent.resolve()
+    for run in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo,
+        path = run.parent.resolve()  # within what the command line narrowed the grid to
         if path not in expected:
             run = RunDir(path)
             config = {} if run.damage else run.config  # a damaged config: a run of no cell
-            expected[path] = {k: config.get(k) for k in GRID_KEYS}
+            if all(config.get(key) in values for key, values in named.items()):
+                expected[path] = {k: config.get(k) for k in GRID_KEYS}
     if not isinstance(cfg.task.verify, bool):
         raise ConfigError("task.verify", cfg.task.verify, "true or false")
     runs = [RunStatus.of(path, grid, cfg.task.verify) for path, grid in expected.items()]
