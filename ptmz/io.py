@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ptmz.errors import DamagedFile
+from ptmz.errors import DamagedFile, PtmzError
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -30,6 +32,26 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock named after `path` (a hidden `.NAME.lock` beside it), waiting
+    while another process holds it. The kernel drops the lock when its holder dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:  # ENOLCK, ENOSYS: a file system without working locks
+            raise PtmzError(
+                f"{path}: cannot lock it ({error}); put it on a file system with flock (on "
+                "NFS: mounted with locking)"
+            ) from error
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -36,10 +36,10 @@ def remaining(done: int, total: int, seconds: float) -> str:
     if not done or done == total:
         return f"{done}/{total}"
     left = seconds / done * (total - done)
-    return f"{done}/{total}, about {_duration(left)} left"
+    return f"{done}/{total}, about {duration(left)} left"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"

@@ -30,6 +30,12 @@ FAST = {
     "curve": ["task.epochs=1", "task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
     "interpolate": ["task.points=3", "task.bn_samples=256", "task.eval_samples=256"],
 }
+# the same for task=study, which sets its measured tasks' keys under task.settings
+STUDY_FAST = [
+    f"+task.settings.{task}.{setting[len('task.') :]}"
+    for task in ("hessian", "curve", "cka")
+    for setting in FAST[task]
+]
 
 
 def training_gap(run: str, reference: str, epoch: int = 1) -> float:

@@ -5,8 +5,10 @@ local processes, leaving the same run directories as a local sweep."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +23,7 @@ from ptmz.data import Augment
 from ptmz.train import Recipe, RunSpec
 from ptmz.zoo import RunDir
 
-from conftest import ROOT, launch, popen_launch
+from conftest import ROOT, STUDY_FAST, launch, popen_launch
 
 CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
 CANNOT_INSTALL = 3  # the script's exit status when SLURM is missing and cannot be installed
@@ -266,3 +268,70 @@ def test_population_task_and_failures_through_slurm(slurm_env, digits_population
     assert "PtmzError: " in corrupt.status["error"] and "is unreadable" in corrupt.status["error"]
     (done,) = [r for r in runs(tmp_path) if r.path != corrupt.path]
     assert done.state == "done"
+
+
+def _study_record(zoo: Path) -> dict:
+    path = zoo / "study.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def test_a_study_finishes_on_the_cluster_alone_and_a_killed_driver_resumes(slurm_env, tmp_path):
+    study = [
+        "launcher=slurm",
+        "task=study",
+        "width=[2]",
+        "batch_size=[64,128]",
+        "epochs=1",
+        "task.shards=2",
+        f"out_dir={tmp_path}",
+        *STUDY_FAST,
+        *CPU_ONLY,
+    ]
+    submitted = launch(*study, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    driver = re.search(r"the study runs as job (\d+)", submitted.stdout + submitted.stderr).group(1)
+    zoo = tmp_path / "digits_resnet18"
+    # the submitting process has returned; the study is the cluster's now
+    assert _study_record(zoo).get("state") != "done"
+    twice = launch(*study, timeout=120)  # a second driver for the same zoo is refused
+    assert twice.returncode == 1
+    assert f"this zoo's study is running as SLURM job {driver}" in twice.stderr
+
+    # kill the driver once it is measuring, with its hessian jobs queued or running
+    _wait_for(
+        lambda: _study_record(zoo).get("stage") in ("hessian", "curve", "cka"), 400, "hessian"
+    )
+    subprocess.run(["scancel", driver], check=True)
+    _wait_for(lambda: not _squeue(driver), 60, f"job {driver} to end")
+    assert _study_record(zoo)["state"] == "running"  # the driver died before saying otherwise
+
+    again = launch(*study, timeout=120)  # the same command resumes it
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = re.search(r"the study runs as job (\d+)", again.stdout + again.stderr).group(1)
+    _wait_for(lambda: _study_record(zoo).get("state") == "done", 600, "the resumed study")
+    record = _study_record(zoo)
+    assert record["driver"] == f"SLURM job {resumed}"
+    stages = {s["name"]: (s["done"], s["total"]) for s in record["stages"]}
+    assert stages["train"] == (4, 4) and stages["hessian"] == (4, 4)
+    assert stages["curve"] == (2, 2) and stages["cka"] == (2, 2)
+    assert (zoo / "study_map.png").exists() and (zoo / "results.csv").exists()
+    # every unit was computed once, by one job of the two drivers: each result file and each
+    # run's last epoch is written in exactly one job log
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
+    written = re.findall(r"wrote (\S+_epoch_\d+\.json)", logs)
+    assert len(written) == 4 + 2 + 2 and len(set(written)) == len(written), written
+    trained = re.findall(r"(w2_bs\d+_s\d)-\w+ epoch 1/1", logs)
+    assert sorted(trained) == ["w2_bs128_s0", "w2_bs128_s1", "w2_bs64_s0", "w2_bs64_s1"]
+
+
+def _squeue(job: str) -> str:
+    return subprocess.run(
+        ["squeue", "--noheader", f"--jobs={job}", "--format=%T"], capture_output=True, text=True
+    ).stdout.strip()

@@ -17,13 +17,10 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import (
-    BaseQueueConf,
-    LocalQueueConf,
-    SlurmQueueConf,
-)
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from omegaconf import OmegaConf
+
+from ptmz.study.jobs import failure, submitit_executor
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +43,25 @@ class _Reporting:
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        import submitit
+        jobs = self.submit(job_overrides, initial_job_idx)
+        return [
+            _outcome(job, overrides) for job, overrides in zip(jobs, job_overrides, strict=True)
+        ]
 
+    def submit(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, **resources
+    ) -> list:
+        """Submit the jobs as one array and return its submitit jobs without waiting for them;
+        `resources` replace the launcher's own settings of the same names (where it has them)."""
         numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
         for number, overrides in zip(numbers, job_overrides, strict=True):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
-        jobs = self._executor(submitit).map_array(
+        params = {**self.params, **{k: v for k, v in resources.items() if k in self.params}}
+        executor = submitit_executor(self._EXECUTOR, params, self.params["submitit_folder"])
+        return executor.map_array(
             self,
             [list(overrides) for overrides in job_overrides],
             ["hydra.sweep.dir"] * len(numbers),
@@ -62,38 +69,13 @@ class _Reporting:
             [f"job_id_for_{number}" for number in numbers],
             [Singleton.get_state()] * len(numbers),
         )
-        return [
-            _outcome(job, overrides) for job, overrides in zip(jobs, job_overrides, strict=True)
-        ]
-
-    def _executor(self, submitit):
-        """A submitit executor with this launcher's parameters, named as submitit wants them:
-        the queue-independent ones plain, the others prefixed with the executor's name."""
-        own = {"submitit_folder", "max_num_timeout"}
-        plain = set(OmegaConf.structured(BaseQueueConf).keys())
-        prefix = f"{self._EXECUTOR}_"
-        executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR,
-            folder=self.params["submitit_folder"],
-            **{prefix + k: v for k, v in self.params.items() if k == "max_num_timeout"},
-        )
-        executor.update_parameters(
-            **{k if k in plain else prefix + k: v for k, v in self.params.items() if k not in own}
-        )
-        return executor
 
 
 def _outcome(job, overrides: Sequence[str]) -> JobReturn:
     """The job's result; a failed or vanished job as a FAILED JobReturn saying why."""
-    import submitit
-
-    try:
+    why = failure(job)
+    if why is None:
         return job.results()[0]
-    except submitit.core.utils.FailedJobError as error:  # the task raised: its last line
-        trace = str(error).split("----------------------")[1].strip().splitlines()
-        why = trace[-1] if trace else str(error)
-    except submitit.core.utils.UncompletedJobError as error:  # killed from outside
-        why = f"the job left no result: {str(error).splitlines()[0]}"
     return JobReturn(
         overrides=list(overrides), status=JobStatus.FAILED, _return_value=JobFailed(why)
     )

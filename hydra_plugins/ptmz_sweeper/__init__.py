@@ -73,6 +73,8 @@ class PtmzSweeper(BasicSweeper):
                 "--mem-per-gpu, not both)"
             )
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        if self.config.task.name == "study":
+            return self._study(parser, arguments)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -112,3 +114,56 @@ class PtmzSweeper(BasicSweeper):
             sys.exit(f"ptmz: {', '.join(said)} (listed above)")
         log.info("%d jobs launched, none failed", launched)
         return returns
+
+    def _study(self, parser: OverridesParser, arguments: list[str]) -> list:
+        """task=study is one job, the study's driver, which launches the stages' jobs itself:
+        submitted without waiting for it (the user may log out), or run here by a launcher
+        that cannot submit."""
+        from ptmz.study.record import StudyRecord
+        from ptmz.tasks.study import DRIVER
+
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                sys.exit(
+                    f"ptmz: error: {override.input_line} is not allowed with task=study: name a "
+                    f"grid's values as a list, {override.key_or_group}=[a,b]"
+                )
+        if not hasattr(self.launcher, "submit"):
+            return [self.launcher.launch([arguments], initial_job_idx=0)]
+        if running := self._running_driver():
+            sys.exit(
+                f"ptmz: error: this zoo's study is running as {running}; rerun this command "
+                "once it has ended (or `scancel` it to restart the study)"
+            )
+        (job,) = self.launcher.submit([arguments], 0, **DRIVER)
+        zoo = Path(self.config.out_dir).resolve() / self.config.zoo_name
+        kind = "SLURM" if self.launcher._EXECUTOR == "slurm" else "local"
+        record = StudyRecord.read(zoo) or StudyRecord(
+            str(zoo), self.config.temperature, self.config.load, self.config.task.refine
+        )
+        record.state, record.stage, record.driver = "running", "queued", f"{kind} job {job.job_id}"
+        record.save(zoo)  # a second submission sees it while it waits in the queue
+        log.info(
+            "the study runs as job %s, which submits its stages' jobs and waits for them: you "
+            "may log out. `python launch.py task=status` with this command's zoo and grid shows "
+            "where it is; rerun this command to resume it if that job ends before the study",
+            job.job_id,
+        )
+        return []
+
+    def _running_driver(self) -> str | None:
+        """The SLURM job (as "SLURM job N") still running or queued as this zoo's study driver."""
+        import subprocess
+
+        from ptmz.study.record import StudyRecord
+
+        record = StudyRecord.read(Path(self.config.out_dir).resolve() / self.config.zoo_name)
+        if record is None or record.state != "running" or not record.driver:
+            return None
+        job = record.driver.removeprefix("SLURM job ")
+        if job == record.driver:  # not a SLURM job
+            return None
+        queue = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={job}", "--format=%T"], capture_output=True, text=True
+        )
+        return record.driver if queue.stdout.strip() else None

@@ -346,3 +346,42 @@ def landscape_epochs(table: pd.DataFrame, thresholds: PhaseThresholds = DEFAULT)
         return []
     has = table[columns].notna().any(axis=1)
     return sorted(int(e) for e in table.loc[has, "epoch"].unique())
+
+
+def refinement_map(
+    grid: pd.DataFrame, axes: Axes2D, added: set[tuple], notes: Sequence[str], title: str = ""
+) -> Figure:
+    """Every grid point of one epoch's classification (`PhaseClassification.grid`) at its
+    coordinates on log axes, coloured by phase: a refined grid does not fill a table, so its
+    points are drawn where they are rather than as cells. The (temperature, load) points in
+    `added` (by refinement) are ringed; `notes` go in the footer."""
+    fig, (ax,) = _figure(1, 1, [*notes, *PHASE_RULES, "ringed: added by refinement"])
+    x = grid[axes.load].astype(float).to_numpy()
+    y = grid[axes.temperature].astype(float).to_numpy()
+    labels = grid["phase"].where(grid["phase"].notna(), "?").to_numpy()
+    for label in [*PHASE_COLOURS, "?"]:
+        at = labels == label
+        if at.any():
+            colour = PHASE_COLOURS.get(label, "#cccccc")
+            ax.scatter(x[at], y[at], s=150, color=colour, label=label, zorder=2)
+    temperatures, loads = grid[axes.temperature], grid[axes.load]
+    ring = np.array([point in added for point in zip(temperatures, loads, strict=True)])
+    if ring.any():
+        ax.scatter(x[ring], y[ring], s=320, facecolors="none", edgecolors="k", lw=1.5, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis, values in ((ax.xaxis, x), (ax.yaxis, y)):
+        axis.set_major_locator(ticker.FixedLocator(sorted(set(values))))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_locator(ticker.NullLocator())
+    ax.tick_params(labelsize=7)
+    ax.margins(0.15)
+    if HOTTEST_FIRST[axes.temperature]:  # noisier training at the top, as in the phase map
+        ax.invert_yaxis()
+    ax.set_xlabel(AXIS_LABELS[axes.load], fontsize=8)
+    ax.set_ylabel(AXIS_LABELS[axes.temperature], fontsize=8)
+    ax.legend(
+        fontsize=7, title="phase", title_fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5)
+    )
+    fig.suptitle(f"{title}  phase of every grid point".strip(), fontsize=11)
+    return fig

@@ -25,7 +25,12 @@ TASKS = {
     "collect": "ptmz.tasks.analysis:collect",
     "export": "ptmz.tasks.export:export",
     "plot": "ptmz.tasks.analysis:plot",
+    "study": "ptmz.tasks.study:study",
 }
+# the population tasks: what task=study may measure; those of the second kind write one result
+# per grid point (comparing its seeds), the others one per run
+RUN_TASKS = ("hessian", "average_epochs", "finetune", "prune")
+GRID_POINT_TASKS = ("cka", "curve", "interpolate", "average_seeds", "ensemble")
 
 
 def run_task(cfg: DictConfig) -> Any:

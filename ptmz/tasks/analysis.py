@@ -58,7 +58,8 @@ def _epochs(requested: Any, table: pd.DataFrame, measured: list[int]) -> tuple[l
     return epochs, len(epochs) > 1
 
 
-def _save(fig: Any, stem: Path) -> list[Path]:
+def save_figure(fig: Any, stem: Path) -> list[Path]:
+    """`fig` as `stem`.png and `stem`.pdf."""
     paths = []
     for fmt in ("png", "pdf"):
         path = stem.with_suffix(f".{fmt}")
@@ -83,11 +84,11 @@ def plot(cfg: DictConfig) -> dict[str, Any]:
         fig, drawn[epoch], omitted[epoch] = phase_diagram(
             table, epoch, list(t.metrics), thresholds, axes, title, classification
         )
-        written += _save(fig, population.path / f"phase_diagram_epoch_{epoch:04d}")
+        written += save_figure(fig, population.path / f"phase_diagram_epoch_{epoch:04d}")
     if evolution:
         over = measured if cfg.epoch == "all" and measured else epochs
         fig = phase_evolution(table, over, thresholds, axes, title, classification)
-        written += _save(fig, population.path / "phase_evolution")
+        written += save_figure(fig, population.path / "phase_evolution")
     for line in classification.lines():
         log.info("threshold: %s", line)
     for path in written:

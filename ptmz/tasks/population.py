@@ -33,7 +33,7 @@ from ptmz.data import (
 from ptmz.data.datasets import SUPERSEDED_NORMALIZATION, normalization
 from ptmz.data.text import corpus_id
 from ptmz.errors import ConfigError, DamagedFile, MissingCheckpoint, choose
-from ptmz.io import read_json, write_json
+from ptmz.io import exclusive, read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.progress import remaining
 from ptmz.train.loop import resolve_device
@@ -69,7 +69,14 @@ class Workspace:
                 self.cfg.population,
                 "the path of a zoo directory, e.g. population=zoos/digits_resnet18",
             )
-        population = Population(self.cfg.population, dataset=named_dataset(self.cfg))
+        runs = self.cfg.get("runs")
+        if runs is not None and not (OmegaConf.is_list(runs) and runs):
+            raise ConfigError("runs", runs, "null (all), or a list of run directory names")
+        population = Population(
+            self.cfg.population,
+            dataset=named_dataset(self.cfg),
+            only=None if runs is None else [str(name) for name in runs],
+        )
         for path, state in population.unfinished:
             log.warning("%s (%s): left out", path, state)
         return population
@@ -271,23 +278,24 @@ def _run_unit(
     overwrite: bool,
 ) -> tuple[Path, float | None]:
     """Compute and store one unit's result, or skip it: its path, and the seconds it took
-    (None: skipped)."""
+    (None: skipped). The unit is locked meanwhile, so that two jobs (a study's driver and its
+    resubmission, two sweeps) never compute it twice: the second waits, then skips it."""
     path, expected = target(unit), json.loads(json.dumps(inputs(unit)))
-    if path.exists() and not overwrite:
-        try:
-            stored = read_json(path).get("inputs")
-        except DamagedFile as error:
-            log.warning("%s: recomputing", error)
-            stored = None
-        if stored == expected:
-            return path, None
-        if stored is not None:
-            log.warning("%s was computed from other inputs: recomputing", path)
-    began = time.perf_counter()
-    result = {"inputs": expected, **compute(unit)}
-    result["seconds"] = time.perf_counter() - began
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, result)
+    with exclusive(path):
+        if path.exists() and not overwrite:
+            try:
+                stored = read_json(path).get("inputs")
+            except DamagedFile as error:
+                log.warning("%s: recomputing", error)
+                stored = None
+            if stored == expected:
+                return path, None
+            if stored is not None:
+                log.warning("%s was computed from other inputs: recomputing", path)
+        began = time.perf_counter()
+        result = {"inputs": expected, **compute(unit)}
+        result["seconds"] = time.perf_counter() - began
+        write_json(path, result)
     return path, result["seconds"]
 
 

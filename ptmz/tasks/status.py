@@ -10,11 +10,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ptmz.columns import GRID_KEYS
-from ptmz.errors import ConfigError, choose
+from ptmz.errors import ConfigError, PtmzError, choose
+from ptmz.study.record import StudyRecord
 from ptmz.tasks.train import RUN_KEYS, spec_from_config
 from ptmz.train.spec import LOADS, TEMPERATURES
 from ptmz.zoo.rundir import RunDir
 from ptmz.zoo.status import RunStatus, status_grid
+
+
+def hydra_node(cfg: DictConfig) -> DictConfig | None:
+    """The Hydra settings `cfg` was composed with: those of the running app, or those composed
+    into it (`compose(..., return_hydra_config=True)`, in a notebook); None without Hydra."""
+    if "hydra" in cfg:
+        return cfg.hydra
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def sweep_axes(cfg: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
@@ -24,11 +33,14 @@ def sweep_axes(cfg: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
     named."""
     axes: dict[str, list] = {}
     named: dict[str, list] = {}
-    for key, text in (HydraConfig.get().sweeper.params or {}).items():
+    hydra = hydra_node(cfg)
+    if hydra is None:
+        raise PtmzError("the zoo's sweep is read from Hydra: compose with return_hydra_config")
+    for key, text in (hydra.sweeper.params or {}).items():
         if "(" in str(text):
             raise ConfigError(key, text, "a comma-separated list (status expands no functions)")
         axes[key] = _values(f"{key}={text}")
-    for override in HydraConfig.get().overrides.task:
+    for override in hydra.overrides.task:
         key = override.partition("=")[0]
         if key in axes or key in RUN_KEYS:
             axes[key] = named[key] = _values(override)
@@ -69,4 +81,6 @@ def status(cfg: DictConfig) -> dict[str, int]:
         raise ConfigError("task.verify", cfg.task.verify, "true or false")
     runs = [RunStatus.of(path, grid, cfg.task.verify) for path, grid in expected.items()]
     print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))
+    if record := StudyRecord.read(zoo.resolve()):
+        print("\n".join(record.lines()))
     return {state: sum(r.state == state for r in runs) for state in {r.state for r in runs}}

@@ -14,6 +14,7 @@ import json
 import pickle
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -281,11 +282,13 @@ class Population:
     `diverged`, whose records are part of the zoo's results (`results_table`).
 
     `dataset` names the dataset of published runs whose params do not say it; ptmz runs
-    always carry theirs.
+    always carry theirs. `only` keeps the runs of those directory names (a study's grid, say)
+    and leaves the others under `path` out of everything, unlisted.
     """
 
     path: Path
     dataset: str | None = None
+    only: Collection[str] | None = None
     runs: list[Run] = field(init=False)
     unfinished: list[tuple[Path, str]] = field(init=False)
     diverged: list[Run] = field(init=False)
@@ -322,6 +325,8 @@ class Population:
             (r.path, "no checkpoints") for r in published if not r.checkpoint_epochs
         ]
         runs += [r for r in published if r.checkpoint_epochs]
+        if self.only is not None:
+            runs, self.diverged, self.unfinished = self._narrowed(runs)
         if not runs:
             left_out = "".join(f"; {path}: {state}" for path, state in self.unfinished[:5])
             raise ConfigError(
@@ -336,6 +341,22 @@ class Population:
             raise PtmzError(f"{self.path} mixes datasets {sorted(datasets)}: open one zoo")
         self.dataset = datasets.pop()
         self.runs = sorted(runs, key=lambda r: (r.grid_point, r.config["seed"] or 0, r.name))
+
+    def _narrowed(self, runs: list[Run]) -> tuple[list[Run], list[Run], list[tuple[Path, str]]]:
+        """(runs, diverged, unfinished) of the names in `only`, which must all be here."""
+        only = set(self.only)
+        here = {r.name for r in runs} | {path.name for path, _ in self.unfinished}
+        if missing := sorted(only - here):
+            raise ConfigError(
+                "runs",
+                missing[:3],
+                f"names of run directories in {self.path} ({len(missing)} are not there)",
+            )
+        return (
+            [r for r in runs if r.name in only],
+            [r for r in self.diverged if r.name in only],
+            [(path, state) for path, state in self.unfinished if path.name in only],
+        )
 
     def __iter__(self):
         return iter(self.runs)

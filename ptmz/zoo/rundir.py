@@ -111,6 +111,13 @@ class RunDir:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def wait_while_locked(self) -> None:
+        """Return once no process holds the run's lock (one training it elsewhere)."""
+        if (self.path / ".lock").exists():
+            with open(self.path / ".lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     @property
     def status(self) -> dict[str, Any] | None:
         path = self.path / "status.json"
