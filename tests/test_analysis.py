@@ -340,7 +340,9 @@ def test_plot_draws_what_exists_and_notes_what_does_not(config, digits):
     # seed grid point (batch size 64) has its own cell, its CKA cell is empty
     table = results_table(digits)
     fig, drawn, notes = phase_diagram(table, 3, ["train_loss", "cka.mean.logits", "nothing"])
-    loss_axes, cka_axes = (next(a for a in fig.axes if a.get_title().startswith(c)) for c in drawn)
+    loss_axes, cka_axes = (
+        next(a for a in fig.axes if c in a.get_title().split("\n")[-1]) for c in drawn
+    )
     assert [t.get_text() for t in loss_axes.get_yticklabels()] == ["32", "64"]
     assert [t.get_text() for t in loss_axes.get_xticklabels()] == ["4"]
     phase_axes = next(a for a in fig.axes if a.get_title().startswith("phase"))
@@ -353,6 +355,14 @@ def test_plot_draws_what_exists_and_notes_what_does_not(config, digits):
     assert not np.ma.is_masked(loss_cells[1, 0]) and np.ma.is_masked(cka_cells[1, 0])
     texts = " ".join(t.get_text() for t in fig.texts + [t for s in fig.subfigs for t in s.texts])
     assert "high train loss (no fit) above (train_error) 0.05" in texts and "mc ~ 0 within" in texts
+    assert "< 0 a barrier" in texts  # mc's sign convention is on the figure
+    # readable titles over the column's name, colour bars that say what they show, and a
+    # colour key for the phases
+    assert loss_axes.get_title().startswith("train loss\ntrain_loss")
+    loss_bar = next(a for a in fig.axes if a.get_ylabel().startswith("mean loss"))
+    assert "nats" in loss_bar.get_ylabel()
+    key = [t.get_text() for t in phase_axes.get_legend().get_texts()]
+    assert key[-1] == "? not told" and set(key[:-1]) <= {"I", "II", "III", "IV-A", "IV-B"}
 
 
 def test_plot_defaults_to_the_latest_epoch_whose_phases_can_be_told(config, digits):

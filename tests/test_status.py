@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ptmz.data import Augment
 from ptmz.train import Recipe, RunSpec
 from ptmz.zoo import RunDir
@@ -78,3 +80,24 @@ def test_runs_that_do_not_set_an_axis_sort_first():
     ]
     rows = [line.split()[0] for line in status_grid(runs, "lr", "width").splitlines()[1:3]]
     assert rows == ["None", "0.1"]
+
+
+def test_status_shows_a_results_column_in_each_cell(digits_population, tmp_path):
+    zoo = shutil.copytree(digits_population, tmp_path / "digits_resnet18")
+    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1]", "epochs=3"]
+    result = launch("task=status", f"out_dir={tmp_path}", *grid, "task.show=test_acc")
+    assert result.returncode == 0, result.stderr
+    # the oracle: each run's own last record, averaged over the grid point's seeds
+    last = {}
+    for path in zoo.glob("*/metrics.jsonl"):
+        run = RunDir(path.parent)
+        last.setdefault(run.config["batch_size"], []).append(run.records[-1]["test_acc"])
+    lines = result.stdout.splitlines()
+    at = lines.index("test_acc (mean over seeds, last epoch)")
+    assert lines[at + 1].split() == ["batch_size", "\\", "width", "4"]
+    for offset, batch_size in ((2, 32), (3, 64)):
+        row = lines[at + offset].split()
+        expected = sum(last[batch_size]) / len(last[batch_size])
+        assert row[0] == str(batch_size) and float(row[1]) == pytest.approx(expected, abs=5e-4)
+    wrong = launch("task=status", f"out_dir={tmp_path}", *grid, "task.show=accuracy")
+    assert wrong.returncode == 2 and "task.show='accuracy' is not allowed" in wrong.stderr

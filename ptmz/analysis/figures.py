@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps, colors, ticker
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ptmz.analysis.phases import (
     DEFAULT,
@@ -48,17 +49,72 @@ AXIS_LABELS = {
     "beta": "load: convection coefficient beta (larger = harder PDE)",
 }
 HOTTEST_FIRST = {"batch_size": True, "lr": False}  # sort ascending?
+# Okabe-Ito colours, told apart with every common colour-vision deficiency
 PHASE_COLOURS = {
-    "I": "#d7191c",
-    "II": "#fdae61",
-    "III": "#abd9e9",
-    "IV-A": "#2c7bb6",
-    "IV-B": "#1a9641",
+    "I": "#D55E00",
+    "II": "#CC79A7",
+    "III": "#56B4E9",
+    "IV-A": "#0072B2",
+    "IV-B": "#009E73",
 }
+UNKNOWN = "#e8e8e8"  # a cell whose phase cannot be told
+# (pattern on a column name, panel title, colour-bar label); the first match names a column
+LABELS = (
+    (r"(^|\.)train_loss$", "train loss", "mean loss (nats for cross-entropy)"),
+    (r"(^|\.)test_loss$", "test loss", "mean loss (nats for cross-entropy)"),
+    (r"(^|\.)train_acc$", "train accuracy", "fraction correct"),
+    (r"(^|\.)test_acc$", "test accuracy", "fraction correct"),
+    (r"(^|\.)train_error$", "train error", "fraction misclassified"),
+    (r"test_rel_l2$", "test relative L2 error", "||u - u*|| / ||u*||"),
+    (r"^(generalization_gap|ggap)$", "generalisation gap", "train - test accuracy"),
+    (
+        r"top_eigenvalue|top_ev",
+        "Hessian top eigenvalue (train)",
+        "largest eigenvalue of the loss Hessian",
+    ),
+    (r"trace", "Hessian trace (train)", "trace of the loss Hessian"),
+    (
+        r"mc_train_error",
+        "mode connectivity mc (train error)",
+        "< 0 barrier, > 0 curve below its ends",
+    ),
+    (
+        r"mc_train_loss",
+        "mode connectivity mc (train loss)",
+        "< 0 barrier, > 0 curve below its ends",
+    ),
+    (
+        r"cka|representation_similarity",
+        "CKA between seeds (logits)",
+        "linear CKA, 0 (unrelated) to 1",
+    ),
+    (
+        r"barrier_train_error",
+        "linear-path barrier (train error)",
+        "barrier height, fraction misclassified",
+    ),
+    (r"ensemble_gain", "ensemble gain (test accuracy)", "ensemble - mean member"),
+    (r"average_epochs\.delta", "epoch average (test accuracy)", "averaged - final weights"),
+    (r"average_seeds|gitrebasin", "aligned seed average (test accuracy)", "average - mean member"),
+    (r"wiseft", "WiSE-FT (test accuracy)", "best mix - fine-tuned"),
+)
+
+
+def describe(column: str) -> tuple[str, str]:
+    """(title, colour-bar label) of a table column; its own name where none is known."""
+    for pattern, title, label in LABELS:
+        if re.search(pattern, column):
+            prefix = "log " if column.rsplit(".", 1)[-1].startswith("log_") else ""
+            return prefix + title, prefix + label
+    return column, ""
+
+
 PHASE_RULES = (
     "I: loss high, Hessian large, mc < 0    II: loss high, Hessian large, mc > 0",
     "III: loss low, Hessian small, mc < 0    IV-A / IV-B: loss low, Hessian small, mc ~ 0, "
     "CKA low / high",
+    "mc = m - E(t*), E the error along the seeds' curve, m the mean of its ends: < 0 a barrier, "
+    "~0 connected, > 0 the curve below its ends",
     "?: metrics missing, or matching no phase (`reason` in ptmz.analysis.classify_phases)",
 )
 _SIGNED = re.compile(r"(^|[._])(mc|barrier|delta|gain|gap|ggap)|_delta$")
@@ -196,8 +252,9 @@ def _heatmap(fig, ax, grid, column, axes, left, bottom) -> None:
         bar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
     bar.ax.tick_params(which="both", labelsize=7)
-    seeds = grid["seeds"]
-    ax.set_title(f"{column}\nmean of {_seeds(seeds)} per cell", fontsize=9)
+    title, label = describe(column)
+    bar.set_label(label, fontsize=7)
+    ax.set_title(f"{title}\n{column}, mean of {_seeds(grid['seeds'])}", fontsize=8)
     _ticks(ax, rows, cols, axes, left, bottom)
 
 
@@ -212,7 +269,7 @@ def phase_map(ax, grid: pd.DataFrame, axes: Axes2D, left=True, bottom=True, titl
     labels, rows, cols = cells(grid, "phase", axes)
     rgb = np.ones((*labels.shape, 3))
     for (i, j), label in np.ndenumerate(labels):
-        rgb[i, j] = colors.to_rgb(PHASE_COLOURS.get(label, "#f2f2f2"))
+        rgb[i, j] = colors.to_rgb(PHASE_COLOURS.get(label, UNKNOWN))
     ax.imshow(rgb, aspect="auto")
     small = labels.size <= 36
     why = grid.set_index([axes.temperature, axes.load]) if small else None
@@ -234,6 +291,21 @@ def phase_map(ax, grid: pd.DataFrame, axes: Axes2D, left=True, bottom=True, titl
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_title(title or "phase", fontsize=9)
     _ticks(ax, rows, cols, axes, left, bottom)
+    _phase_key(ax, {label for label in labels.ravel() if label in PHASE_COLOURS})
+
+
+def _phase_key(ax, shown: set[str]) -> None:
+    """A colour key of the phases drawn (and of '?') below the panel."""
+    handles = [Patch(color=c, label=p) for p, c in PHASE_COLOURS.items() if p in shown]
+    handles.append(Patch(color=UNKNOWN, label="? not told"))
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22),
+        ncols=min(len(handles), 3),
+        fontsize=7,
+        frameon=False,
+    )
 
 
 def _boundaries(labels: np.ndarray, below: bool) -> list[tuple[int, int]]:
@@ -299,8 +371,12 @@ def phase_diagram(
     phases = classification.grid[classification.grid["epoch"] == epoch]
     ncols = min(4, len(present) + 1)
     footer = [*classification.lines(), *PHASE_RULES]
-    if notes:
-        footer.append("not drawn: " + "; ".join(notes))
+    absent = [n.split("|")[0].split(".")[0] for n in notes if n.endswith("not in the table")]
+    others = [n for n in notes if not n.endswith("not in the table")]
+    if absent:
+        footer.append(f"not measured, so not drawn: {', '.join(dict.fromkeys(absent))}")
+    if others:
+        footer.append("not drawn: " + "; ".join(others))
     fig, panels = _figure(len(present) + 1, ncols, footer)
     # the phase map first, where the eye starts; then the metrics it is made of, and the rest
     for k, (ax, column) in enumerate(zip(panels, ["phase", *present], strict=True)):
@@ -362,7 +438,7 @@ def refinement_map(
     for label in [*PHASE_COLOURS, "?"]:
         at = labels == label
         if at.any():
-            colour = PHASE_COLOURS.get(label, "#cccccc")
+            colour = PHASE_COLOURS.get(label, UNKNOWN)
             ax.scatter(x[at], y[at], s=150, color=colour, label=label, zorder=2)
     temperatures, loads = grid[axes.temperature], grid[axes.load]
     ring = np.array([point in added for point in zip(temperatures, loads, strict=True)])

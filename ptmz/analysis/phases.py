@@ -1,5 +1,5 @@
 """Phase classification of grid points, following Yang et al. 2021 (the phase table of the
-README): per grid point and epoch, from the mean over its seeds of
+docs/results.md): per grid point and epoch, from the mean over its seeds of
 
     train loss          high | low          (`fit`: train error; else `loss`: train loss)
     Hessian             large | small       (`hessian`: trace by default)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -163,7 +164,8 @@ def fit_bezier(
     bend = {n: ((ends[0][n] + ends[1][n]) / 2).requires_grad_() for n in names}
     optimizer = torch.optim.SGD(bend.values(), lr=settings.lr, momentum=settings.momentum)
     generator = torch.Generator().manual_seed(settings.seed)
-    bar = tqdm(total=settings.epochs * len(loader), disable=not progress, desc="curve", leave=False)
+    terminal = progress and sys.stderr.isatty()
+    bar = tqdm(total=settings.epochs * len(loader), disable=not terminal, desc="curve", leave=False)
     for epoch in range(settings.epochs):
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * curve_lr_factor(epoch / settings.epochs)

@@ -99,6 +99,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
 
     return run_units(
         runs,
+        lambda r: r.name,
         lambda r: run_result(r, name, averaged_epochs(r, t.epochs, t.last)[-1]),
         inputs,
         compute,

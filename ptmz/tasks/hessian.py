@@ -79,4 +79,5 @@ def hessian(cfg: DictConfig) -> dict[str, int]:
             out[split] = result.to_dict()
         return out
 
-    return per_run_task(cfg, ws, compute)
+    headline = [f"{split}.{key}" for split in t.splits for key in ("top_eigenvalue", "trace")]
+    return per_run_task(cfg, ws, compute, headline)

@@ -3,7 +3,7 @@ file per grid point and epoch). A grid point with one seed is recorded as not ap
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,10 @@ Compare = Callable[[Workspace, list[Run], int], dict[str, Any]]
 
 
 def grid_point_task(
-    cfg: DictConfig, compare: Compare, definitions: dict[str, str] | None = None
+    cfg: DictConfig,
+    compare: Compare,
+    definitions: dict[str, str] | None = None,
+    headline: Sequence[str] = (),
 ) -> dict[str, int]:
     """`compare` on this shard's grid points; `definitions` (of the metrics, where one changed)
     are part of each result's inputs, so a result of another definition is recomputed."""
@@ -63,7 +66,11 @@ def grid_point_task(
             return {"applicable": False, "reason": "the grid point has a single seed"}
         return {"applicable": True, **compare(ws, runs, common_epoch(runs, cfg.epoch))}
 
-    return run_units(points, target, inputs, compute, cfg.overwrite)
+    return run_units(points, _point_name, target, inputs, compute, cfg.overwrite, headline)
+
+
+def _point_name(point: tuple[str, list[Run]]) -> str:
+    return point[0]
 
 
 def _path_data(ws: Workspace, run: Run, t: DictConfig) -> PathData:
@@ -116,7 +123,7 @@ def cka(cfg: DictConfig) -> dict[str, int]:
             models, batches, layers=layers, unbiased=t.unbiased, per_batch=per_batch
         )
 
-    return grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare, headline=["mean.logits"])
 
 
 def interpolate(cfg: DictConfig) -> dict[str, int]:
@@ -132,7 +139,8 @@ def interpolate(cfg: DictConfig) -> dict[str, int]:
 
         return _each_pair(ws, runs, epoch, t, measure)
 
-    return grid_point_task(cfg, compare, {"barrier": "max_t E(t) - ((1 - t) E(0) + t E(1))"})
+    barrier = {"barrier": "max_t E(t) - ((1 - t) E(0) + t E(1))"}
+    return grid_point_task(cfg, compare, barrier, ["mean.barrier_train_error"])
 
 
 def curve(cfg: DictConfig) -> dict[str, int]:
@@ -159,4 +167,4 @@ def curve(cfg: DictConfig) -> dict[str, int]:
 
         return _each_pair(ws, runs, epoch, t, measure)
 
-    return grid_point_task(cfg, compare)
+    return grid_point_task(cfg, compare, headline=["mean.mc_train_error", "mean.mc_train_loss"])

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from ptmz.data import (
     Augment,
@@ -235,27 +237,36 @@ def mean_over(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_units(
     units: Sequence[Unit],
+    name: Callable[[Unit], str],
     target: Callable[[Unit], Path],
     inputs: Callable[[Unit], dict[str, Any]],
     compute: Callable[[Unit], dict[str, Any]],
     overwrite: bool,
+    headline: Sequence[str] = (),
 ) -> dict[str, int]:
     """Compute and store every unit's result unless its file already holds one computed from
     the same inputs (runs, epoch, settings); `overwrite` recomputes them all. Each result
-    written is logged with the count so far and the time the rest should take.
+    written is logged with the count so far and the time the rest should take; in a terminal a
+    bar over the units names the one being computed. At the end the `headline` values (keys of
+    the flattened result, e.g. "train.trace") of every unit's result are printed as a table.
 
     A unit whose runs lack the checkpoint asked for, or whose files are damaged, is logged and
     passed over, so that it costs its own result only; the first such error is raised once every
     other unit is done. Any other error (the data, the settings) concerns them all and stops the
     task at once. A damaged result file is computed again."""
-    counts, failed, seconds = {"computed": 0, "skipped": 0}, [], 0.0
+    counts, failed, failed_units, seconds = {"computed": 0, "skipped": 0}, [], [], 0.0
+    bar = tqdm(total=len(units), unit="unit", leave=False, disable=not sys.stderr.isatty())
     for done, unit in enumerate(units, 1):
+        bar.set_description(name(unit))
         try:
             path, spent = _run_unit(unit, target, inputs, compute, overwrite)
         except (MissingCheckpoint, DamagedFile) as error:
             log.error("left out: %s", error)
             failed.append(error)
+            failed_units.append(unit)
             continue
+        finally:
+            bar.update()
         if spent is None:
             counts["skipped"] += 1
             continue
@@ -263,11 +274,37 @@ def run_units(
         seconds += spent
         # the units left are assumed to take what those so far took (skipped ones about 0)
         log.info("wrote %s (%.1f s) [%s]", path, spent, remaining(done, len(units), seconds))
+    bar.close()
     log.info("%d computed, %d already there", counts["computed"], counts["skipped"])
+    if headline:
+        print(
+            headline_table([(name(u), target(u)) for u in units if u not in failed_units], headline)
+        )
     if failed:
         log.error("%d of %d units failed (above); raising the first", len(failed), len(units))
         raise failed[0]
     return counts
+
+
+def headline_table(results: Sequence[tuple[str, Path]], keys: Sequence[str]) -> str:
+    """A plain-text table: one row per (name, result file), one column per key of the
+    flattened result (4 significant digits; blank where the result lacks it)."""
+    from ptmz.analysis.table import flatten
+
+    rows = []
+    for name, path in results:
+        values = flatten(read_json(path), "")
+        rows.append([name, *(f"{values[f'.{k}']:.4g}" if f".{k}" in values else "" for k in keys)])
+    header = ["", *keys]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
 
 
 def _run_unit(
@@ -300,7 +337,10 @@ def _run_unit(
 
 
 def per_run_task(
-    cfg: DictConfig, ws: Workspace, compute: Callable[[Run, int], dict[str, Any]]
+    cfg: DictConfig,
+    ws: Workspace,
+    compute: Callable[[Run, int], dict[str, Any]],
+    headline: Sequence[str] = (),
 ) -> dict[str, int]:
     """Run `compute(run, epoch)` on this shard's runs at `cfg.epoch` (default: `resolve_epoch`'s,
     each run's last checkpoint or a published zoo's landscape epoch), storing
@@ -317,8 +357,10 @@ def per_run_task(
 
     return run_units(
         shard(ws.population.runs, lambda run: run.name, cfg),
+        lambda run: run.name,
         lambda run: run_result(run, name, run.resolve_epoch(cfg.epoch)),
         inputs,
         lambda run: compute(run, run.resolve_epoch(cfg.epoch)),
         cfg.overwrite,
+        headline,
     )

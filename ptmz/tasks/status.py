@@ -14,7 +14,7 @@ from ptmz.errors import ConfigError, PtmzError, choose
 from ptmz.study.record import StudyRecord
 from ptmz.tasks.train import RUN_KEYS, spec_from_config
 from ptmz.train.spec import LOADS, TEMPERATURES
-from ptmz.zoo.rundir import RunDir
+from ptmz.zoo.rundir import FINISHED, RunDir
 from ptmz.zoo.status import RunStatus, status_grid
 
 
@@ -45,6 +45,34 @@ def sweep_axes(cfg: DictConfig) -> tuple[dict[str, list], dict[str, list]]:
         if key in axes or key in RUN_KEYS:
             axes[key] = named[key] = _values(override)
     return axes, named
+
+
+def values_grid(zoo: Path, names: list[str], column: str, rows: str, columns: str) -> str:
+    """`column` of the results table at each grid point (mean over its seeds, at its last
+    epoch) as a rows x columns text grid."""
+    from ptmz.analysis.phases import grid_point_means
+    from ptmz.analysis.table import results_table
+    from ptmz.zoo.population import Population
+
+    if not names:
+        return f"{column}: no finished run to show"
+    table = results_table(Population(zoo, only=names))
+    if column not in table.columns:
+        shown = [c for c in table.columns if c not in ("run", "grid_point", "path")][:12]
+        raise ConfigError("task.show", column, f"a column of the results table, e.g. {shown}")
+    means = grid_point_means(table, [column])
+    last = means.sort_values("epoch").groupby("grid_point").tail(1)
+    row_values, col_values = sorted(last[rows].unique()), sorted(last[columns].unique())
+    cells = {(r[rows], r[columns]): r[column] for _, r in last.iterrows()}
+    text = [[f"{rows} \\ {columns}", *(f"{c:g}" for c in col_values)]]
+    for row in row_values:
+        values = [cells.get((row, c)) for c in col_values]
+        text.append([f"{row:g}", *("" if v is None or v != v else f"{v:.4g}" for v in values)])
+    widths = [max(len(line[i]) for line in text) for i in range(len(text[0]))]
+    grid = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in text
+    )
+    return f"\n{column} (mean over seeds, last epoch)\n{grid}"
 
 
 def _values(override: str) -> list:
@@ -81,6 +109,11 @@ def status(cfg: DictConfig) -> dict[str, int]:
         raise ConfigError("task.verify", cfg.task.verify, "true or false")
     runs = [RunStatus.of(path, grid, cfg.task.verify) for path, grid in expected.items()]
     print(f"{zoo}\n" + status_grid(runs, cfg.task.temperature, cfg.task.load))
+    if cfg.task.show is not None:
+        finished = [r.path.name for r in runs if r.state in FINISHED]
+        print(
+            values_grid(zoo.resolve(), finished, cfg.task.show, cfg.task.temperature, cfg.task.load)
+        )
     if record := StudyRecord.read(zoo.resolve()):
         print("\n".join(record.lines()))
     return {state: sum(r.state == state for r in runs) for state in {r.state for r in runs}}

@@ -49,6 +49,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
             model=cfg.model.name,
             recipe=OmegaConf.to_container(cfg.recipe, resolve=True),
             corpus=corpus_id(cfg.data_root) if cfg.dataset.name == "text" else None,
+            logger=cfg.logger.name,
             **{
                 k: OmegaConf.to_object(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in RUN_KEYS

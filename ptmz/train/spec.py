@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+LOGGERS = ("none", "tensorboard", "wandb")
 TEMPERATURES = ("batch_size", "lr")  # the noise of training
 LOADS = ("width", "data_fraction", "beta")  # data per unit of capacity; beta: PDE difficulty
 AXIS_TAGS = {"width": "w", "data_fraction": "f", "beta": "beta", "batch_size": "bs", "lr": "lr"}
@@ -78,6 +79,7 @@ class RunSpec:
     cuda_graph: bool = False  # replay each step's forward and backward from a CUDA graph
     temperature: str = "batch_size"  # the zoo's axes, which name its run directories
     load: str = "width"
+    logger: str = "none"  # also send each epoch's record to: tensorboard | wandb
 
     def __post_init__(self) -> None:
         for part in (self, self.recipe, self.recipe.augment):
@@ -93,6 +95,7 @@ class RunSpec:
         choose("eval_precision", self.eval_precision, dict.fromkeys(PRECISIONS))
         choose("temperature", self.temperature, dict.fromkeys(TEMPERATURES))
         choose("load", self.load, dict.fromkeys(LOADS))
+        choose("logger", self.logger, dict.fromkeys(LOGGERS))
         if getattr(self, self.load) is None:
             raise ConfigError("load", self.load, f"an axis this run sets ({self.load} is null)")
         for key in ("download", "progress", "compile", "cuda_graph"):

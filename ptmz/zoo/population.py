@@ -46,6 +46,7 @@ NOT_GRID = {
     "cuda_graph",
     "temperature",
     "load",
+    "logger",
     "params",
 }
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
