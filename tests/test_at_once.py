@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ptmz.errors import ConfigError
-from ptmz.tasks import run_task
+from ptmz.tasks import run_task, usable_cpus
 from ptmz.train.at_once import at_once, stop_if_asked
 from ptmz.train.run import Trainee
 from ptmz.zoo import RunDir
@@ -29,9 +29,8 @@ def one_at_a_time(config, out, *overrides: str) -> list[RunDir]:
     """`trained` one run after another, with the torch threads each of two runs at once gets
     on the CPU (another thread count sums in another order)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // 2))
     try:
-        return trained(config, out, *overrides)
+        return trained(config, out, f"threads={max(1, usable_cpus() // 2)}", *overrides)
     finally:
         torch.set_num_threads(threads)
 

@@ -124,6 +124,7 @@ def test_a_failed_or_killed_job_is_one_failure_of_the_sweep(tmp_path):
     """A job killed from outside (out of memory, scancel) leaves no result, and one whose task
     raised exits non-zero: the sweep waits for the others, lists both, and exits non-zero."""
     grid = ["width=2", "batch_size=9999,64", "seed=0,1", "epochs=15", f"out_dir={tmp_path}"]
+    grid.append("hydra.sweeper.preflight=false")  # the bad jobs must fail as jobs
     output = tmp_path / "sweep.log"
     with output.open("w") as log:
         sweep = subprocess.Popen(
@@ -257,6 +258,7 @@ def test_population_task_and_failures_through_slurm(slurm_env, digits_population
 
     # 3 jobs on a cluster whose arrays hold 2: in batches of MaxArraySize, one array each
     sweep = ["width=2", "batch_size=9999,64,128", "seed=0", "epochs=1", f"out_dir={tmp_path}"]
+    sweep.append("hydra.sweeper.preflight=false")  # the bad job must fail as a job
     batches = f"hydra.sweeper.max_batch_size={MAX_ARRAY_SIZE}"
     failed = launch("launcher=slurm", *sweep, *CPU_ONLY, batches)
     assert failed.returncode == 1
@@ -335,3 +337,17 @@ def _squeue(job: str) -> str:
     return subprocess.run(
         ["squeue", "--noheader", f"--jobs={job}", "--format=%T"], capture_output=True, text=True
     ).stdout.strip()
+
+
+def test_nothing_is_queued_when_pre_flight_fails(slurm_env, tmp_path):
+    def jobs() -> list[str]:  # every job the cluster knows, finished ones included
+        queue = ["squeue", "--noheader", "--states=all", "--format=%i"]
+        return subprocess.run(queue, capture_output=True, text=True, check=True).stdout.split()
+
+    before = jobs()
+    sweep = ["zoo=cifar10_resnet18", "width=8", "batch_size=64,128", "seed=0", "epochs=1"]
+    refused = ["dataset.download=false", f"data_root={tmp_path / 'data'}", f"out_dir={tmp_path}"]
+    result = launch("launcher=slurm", *sweep, *refused, *CPU_ONLY)
+    assert result.returncode == 1
+    assert "pre-flight: dataset=cifar10: not found" in result.stdout + result.stderr
+    assert jobs() == before  # squeue keeps ended jobs for MinJobAge (300 s): none was added

@@ -205,7 +205,9 @@ def test_packed_runs_share_a_job(tmp_path):
 
 def test_sweep_runs_every_job_and_reports_the_failed_ones(tmp_path):
     grid = ("-m", f"out_dir={tmp_path}", "width=2", "seed=0", "epochs=1")
-    result = launch(*grid, "batch_size=9999,16", "hydra.sweeper.max_batch_size=1")
+    # pre-flight would stop the sweep before launching: this is about failures at run time
+    unchecked = "hydra.sweeper.preflight=false"
+    result = launch(*grid, "batch_size=9999,16", "hydra.sweeper.max_batch_size=1", unchecked)
     assert result.returncode == 1
     log = result.stdout + result.stderr
     assert log.count("Launching 1 jobs") == 2  # batches of at most max_batch_size jobs

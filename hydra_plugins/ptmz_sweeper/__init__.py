@@ -1,12 +1,15 @@
 """ptmz's Hydra sweeper: the basic sweeper's grid, minus the training runs that are already
 finished (done or diverged), so a relaunched or resubmitted sweep queues only what is left and
-finished runs never occupy a SLURM array slot. Jobs are launched in batches of at most
+finished runs never occupy a SLURM array slot. Before launching, a pre-flight checks every job
+left and fetches the datasets they need (`ptmz.preflight`; `hydra.sweeper.preflight=false`
+skips it); on any problem nothing is launched. Jobs are launched in batches of at most
 `max_batch_size` (one SLURM array each: keep it under the cluster's MaxArraySize). After the
 launch it reports how many jobs failed, and fails itself if any did or if a run it was asked
 for is still unfinished (skipped because another process held it, which did not finish it)."""
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +29,26 @@ class PtmzSweeperConf:
     _target_: str = "hydra_plugins.ptmz_sweeper.PtmzSweeper"
     max_batch_size: int | None = 1000
     params: dict[str, str] | None = None
+    preflight: bool = True  # check every job (and fetch its datasets) before launching any
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ptmz", node=PtmzSweeperConf)
 
 
 class PtmzSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None, params: dict | None, preflight: bool = True):
+        super().__init__(max_batch_size, params)
+        self.preflight = preflight
+        self._configs: dict[tuple[str, ...], object] = {}
+
+    def _compose(self, job) -> object:
+        """The config of `job` (composed once: the skip check and pre-flight both read it)."""
+        key = tuple(job)
+        if key not in self._configs:
+            loader = self.hydra_context.config_loader
+            self._configs[key] = loader.load_sweep_config(self.config, list(job))
+        return self._configs[key]
+
     def split_arguments(self, overrides: list, max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         todo = [job for job in jobs if not self._finished(job)]
@@ -53,7 +70,7 @@ class PtmzSweeper(BasicSweeper):
         from ptmz.tasks.train import packed_configs, spec_from_config
         from ptmz.zoo.rundir import FINISHED, RunDir
 
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        cfg = self._compose(job)
         if cfg.task.name != "train":
             return None
         try:
@@ -77,6 +94,8 @@ class PtmzSweeper(BasicSweeper):
             return self._study(parser, arguments)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         batches = self.split_arguments(overrides, self.max_batch_size)
+        if self.preflight and batches:
+            self._preflight([job for batch in batches for job in batch])
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -114,6 +133,26 @@ class PtmzSweeper(BasicSweeper):
             sys.exit(f"ptmz: {', '.join(said)} (listed above)")
         log.info("%d jobs launched, none failed", launched)
         return returns
+
+    def _preflight(self, jobs: list[list[str]]) -> None:
+        """Check every job before any is launched; on a problem, list each distinct one with
+        the number of jobs it stops and exit without launching."""
+        from ptmz.preflight import preflight
+
+        began = time.perf_counter()
+        problems = preflight(jobs, self._compose)
+        took = time.perf_counter() - began
+        if not problems:
+            log.info("pre-flight: %d jobs checked in %.1f s", len(jobs), took)
+            return
+        for problem in problems:
+            log.error("pre-flight: %s", problem.line())
+        stopped = len({tuple(job) for problem in problems for job in problem.jobs})
+        sys.exit(
+            f"ptmz: pre-flight ({took:.1f} s) found {len(problems)} problem(s) stopping "
+            f"{stopped} of {len(jobs)} jobs (listed above): nothing was launched. Fix them and "
+            "relaunch, or skip the check with hydra.sweeper.preflight=false"
+        )
 
     def _study(self, parser: OverridesParser, arguments: list[str]) -> list:
         """task=study is one job, the study's driver, which launches the stages' jobs itself:

@@ -63,6 +63,12 @@ def data_for(spec: RunSpec, device: torch.device) -> ImageDataset:
     subset; one copy that every run of a job shares."""
     with LOADING:
         data = load_dataset(spec.dataset, spec.data_root, spec.download)
+    subset = training_subset(spec, data)
+    return replace(data, train=data.train.subset(subset).to(device), test=data.test.to(device))
+
+
+def training_subset(spec: RunSpec, data: ImageDataset) -> torch.Tensor:
+    """The indices of the run's (stratified) training subset, checked to hold a batch."""
     subset = stratified_subset(data.train.labels, spec.data_fraction, spec.subset_seed)
     if spec.batch_size > len(subset):
         raise ConfigError(
@@ -71,7 +77,7 @@ def data_for(spec: RunSpec, device: torch.device) -> ImageDataset:
             f"at most the training subset size, {len(subset)} samples "
             f"(dataset={spec.dataset}, data_fraction={spec.data_fraction})",
         )
-    return replace(data, train=data.train.subset(subset).to(device), test=data.test.to(device))
+    return subset
 
 
 # A run's initialisation is drawn from the process's global generator, seeded with the run's
