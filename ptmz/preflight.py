@@ -25,9 +25,12 @@ class Problem:
         return f"{self.message} [{count}, e.g. {' '.join(self.jobs[0]) or 'the defaults'}]"
 
 
-def job_check(cfg: DictConfig) -> tuple[tuple[str, str, bool] | None, list]:
-    """Check one job's config the way its task will: the (dataset, data_root, download) it
-    needs (or None) and the run specs it trains. Raises the PtmzError the job would raise."""
+def job_check(
+    cfg: DictConfig, overrides: Sequence[str] = ()
+) -> tuple[tuple[str, str, bool] | None, list]:
+    """Check one job's config (composed from `overrides`) the way its task will: the (dataset,
+    data_root, download) it needs (or None) and the run specs it trains. Raises the PtmzError
+    the job would raise."""
     from ptmz.tasks import TASKS
     from ptmz.train.run import check_writable
 
@@ -46,7 +49,9 @@ def job_check(cfg: DictConfig) -> tuple[tuple[str, str, bool] | None, list]:
         if "result" in cfg.task:
             result_name(cfg)
         shard([], str, cfg)
-        population = Workspace(cfg).population
+        # a published population may need the dataset its job names (dataset=cifar10)
+        named = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
+        population = Workspace(cfg, named[-1] if named else None).population
         return (population.dataset, cfg.data_root, cfg.dataset.download), []
     return None, []
 
@@ -72,7 +77,7 @@ def preflight(
 
     for job in jobs:
         try:
-            need, specs = job_check(compose(job))
+            need, specs = job_check(compose(job), job)
         except PtmzError as error:
             add(str(error), job)
             continue

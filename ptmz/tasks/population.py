@@ -59,9 +59,11 @@ def named_dataset(cfg: DictConfig) -> str | None:
 
 @dataclass
 class Workspace:
-    """A population with the data and device its metrics are computed on."""
+    """A population with the data and device its metrics are computed on. `dataset`: the one
+    named on the command line (`named_dataset`, read from Hydra when None)."""
 
     cfg: DictConfig
+    dataset: str | None = None
 
     @cached_property
     def population(self) -> Population:
@@ -76,7 +78,7 @@ class Workspace:
             raise ConfigError("runs", runs, "null (all), or a list of run directory names")
         population = Population(
             self.cfg.population,
-            dataset=named_dataset(self.cfg),
+            dataset=self.dataset or named_dataset(self.cfg),
             only=None if runs is None else [str(name) for name in runs],
         )
         for path, state in population.unfinished:

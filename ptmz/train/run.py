@@ -123,10 +123,10 @@ class Trainee:
         self.info = dict(epochs=spec.epochs, host=socket.gethostname())
         self.state: str | None = None  # done or diverged once finished
         self.diverged = False
-        self._start(epoch)
         self.tracker = open_tracker(
             spec.logger, spec.out_dir, spec.zoo, run.path.name, spec.to_dict()
         )
+        self._start(epoch)
         if self.tracker and epoch is None:
             self.tracker.log(self.records[0])
 
