@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.ptmz_sweeper import job_ended
 from ptmz.errors import PtmzError
 from ptmz.tasks import run_task
 
@@ -16,13 +17,17 @@ CONF = Path(__file__).parent / "conf"
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run_task(cfg)
     except PtmzError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if sweep:
             raise  # the sweeper runs the other jobs, then lists every failure
         print(f"ptmz: error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if sweep:
+            job_ended(HydraConfig.get().job.num)
 
 
 def check_out_dir(arguments: list[str]) -> None:

@@ -2,6 +2,7 @@
 elsewhere, and the threads it computes with."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -63,3 +64,13 @@ def test_log_folders_are_named_after_the_task(tmp_path):
     assert result.returncode == 0, result.stderr
     (folder,) = (tmp_path / "logs").iterdir()
     assert folder.name.endswith("_status")
+
+
+def test_a_local_sweep_says_how_many_jobs_are_done_and_how_long_the_rest_takes(tmp_path):
+    result = launch(
+        "-m", "width=2", "batch_size=64,128", "seed=0", "epochs=1", f"out_dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    log = result.stdout + result.stderr
+    assert re.search(r"sweep jobs done: 1/2, about \d+ min \d\d s left", log), log
+    assert "sweep jobs done: 2/2" in log

@@ -20,8 +20,21 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.ptmz_launcher import JobFailed
+from ptmz.progress import remaining
 
 log = logging.getLogger(__name__)
+
+
+# the sweep launched by this process: when it began and how many jobs it launches
+_SWEEP: dict[str, float] = {}
+
+
+def job_ended(number: int) -> None:
+    """Log how far the sweep is once its job `number` (0-based) has ended: only where its jobs
+    run in this process, one after another (the local launcher)."""
+    if _SWEEP:
+        took = time.perf_counter() - _SWEEP["began"]
+        log.info("sweep jobs done: %s", remaining(number + 1, int(_SWEEP["jobs"]), took))
 
 
 @dataclass
@@ -96,6 +109,7 @@ class PtmzSweeper(BasicSweeper):
         batches = self.split_arguments(overrides, self.max_batch_size)
         if self.preflight and batches:
             self._preflight([job for batch in batches for job in batch])
+        _SWEEP.update(began=time.perf_counter(), jobs=sum(len(batch) for batch in batches))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
