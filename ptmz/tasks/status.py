@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,6 +76,14 @@ def values_grid(zoo: Path, names: list[str], column: str, rows: str, columns: st
     return f"\n{column} (mean over seeds, last epoch)\n{grid}"
 
 
+def with_values(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` with the grid `values` (width, seed, ...) set: one run's config."""
+    cfg = cfg.copy()
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
 def _values(override: str) -> list:
     """The values `key=text` stands for, read by Hydra's own grammar as -m reads a sweep (1e-4
     is a number there, a string in YAML): a sweep's or a list's items, or the one value."""
@@ -92,10 +101,7 @@ def status(cfg: DictConfig) -> dict[str, int]:
     axes, named = sweep_axes(cfg)
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo, strict=True))
-        point_cfg = cfg.copy()
-        for key, value in point.items():
-            OmegaConf.update(point_cfg, key, value)
-        spec = spec_from_config(point_cfg)
+        spec = spec_from_config(with_values(cfg, point))
         expected[spec.run_dir.resolve()] = {k: getattr(spec, k) for k in GRID_KEYS}
     zoo = Path(cfg.out_dir) / cfg.zoo_name
     for run in sorted(zoo.glob("*/config.json")):  # runs of other sweeps into this zoo,

@@ -34,7 +34,7 @@ from ptmz.study.jobs import Jobs, LocalJobs, SubmititJobs, compose
 from ptmz.study.record import Stage, StudyRecord
 from ptmz.tasks import GRID_POINT_TASKS, RUN_TASKS
 from ptmz.tasks.analysis import save_figure
-from ptmz.tasks.status import hydra_node, sweep_axes
+from ptmz.tasks.status import hydra_node, sweep_axes, with_values
 from ptmz.tasks.train import spec_from_config
 from ptmz.zoo.population import Population
 from ptmz.zoo.rundir import FINISHED, RunDir
@@ -200,26 +200,23 @@ class Stages:
         for point in self.record.points:
             grid = {k: v for k, v in point.items() if k != "round"}
             out[tuple(f"{k}={v!r}" for k, v in grid.items())] = {
-                seed: RunDir(spec_from_config(self._config({**grid, "seed": seed})).run_dir)
+                seed: RunDir(
+                    spec_from_config(with_values(self.cfg, {**grid, "seed": seed})).run_dir
+                )
                 for seed in self.seeds
             }
         return out
-
-    def _config(self, values: dict[str, Any]) -> DictConfig:
-        cfg = self.cfg.copy()
-        for key, value in values.items():
-            OmegaConf.update(cfg, key, value)
-        return cfg
 
     def train(self) -> list[str]:
         """Train every run of the grid that is not finished; the names of the finished runs.
         A run that another process is training is waited for, and trained here if that process
         did not finish it."""
+        grid = self.runs()  # the states are read afresh from the directories each time
         with self.stage("train") as stage:
             for attempt in range(2):
                 todo = {
                     point: [seed for seed, run in runs.items() if run.state not in FINISHED]
-                    for point, runs in self.runs().items()
+                    for point, runs in grid.items()
                 }
                 jobs = [
                     [*self.base, "task=train", *point, f"seed=[{','.join(map(str, seeds))}]"]
@@ -232,23 +229,20 @@ class Stages:
                     f"{' '.join(j)}: {e}" for j, e in zip(jobs, outcomes, strict=True) if e
                 ]
                 held = [
-                    run
-                    for runs in self.runs().values()
-                    for run in runs.values()
-                    if run.state == "running"
+                    run for runs in grid.values() for run in runs.values() if run.state == "running"
                 ]
                 if not held:
                     break
                 log.info("%d runs are held by another process: waiting for it", len(held))
                 for run in held:
                     run.wait_while_locked()
-            runs = [run for runs in self.runs().values() for run in runs.values()]
+            runs = [run for runs in grid.values() for run in runs.values()]
             stage.done, stage.total = sum(r.state in FINISHED for r in runs), len(runs)
         return [r.path.name for r in runs if r.state in FINISHED]
 
     def measure(self, tasks: list[tuple[str, str, str]], names: list[str]) -> None:
         """Each of `tasks` on the finished runs `names`, in `shards` jobs each."""
-        only = "runs=[" + ",".join(f"'{name}'" for name in names) + "]"
+        only = _only(names)
         for name, task, result in tasks:
             with self.stage(name) as stage:
                 job = [*self.base, f"task={name}", f"population='{self.zoo}'", only]
@@ -279,7 +273,7 @@ class Stages:
         """The results table and figures of the study's runs, and the map of its points."""
         with self.stage("figures") as stage:
             shared = [*self.base, f"population='{self.zoo}'"]
-            shared += ["runs=[" + ",".join(f"'{n}'" for n in names) + "]"]
+            shared.append(_only(names))
             shared += [o for o in _command_line(self.cfg) if o.startswith("task.thresholds.")]
             outcomes = LocalJobs().run([[*shared, "task=collect"], [*shared, "task=plot"]])
             stage.failures = [e for e in outcomes if e]
@@ -311,6 +305,11 @@ class Stages:
             stage.seconds += time.perf_counter() - began
             log.info("study: %s", stage.line())
             self.record.save(self.zoo)
+
+
+def _only(names: list[str]) -> str:
+    """The override narrowing a population task to the runs `names`."""
+    return "runs=[" + ",".join(f"'{name}'" for name in names) + "]"
 
 
 def _command_line(cfg: DictConfig) -> list[str]:
