@@ -40,9 +40,12 @@ def test_a_damaged_config_or_status_leaves_its_run_out_named(config, zoo, tmp_pa
     ((path, state),) = population.unfinished
     assert path == damaged and f"{damaged / name}: not valid JSON" in state
     assert f"delete {damaged} to train this run again" in state
-    # the others are measured
+    # the others are measured, then the task fails naming the run it left out
     args = ["task=cka", f"population={zoo}", *FAST["cka"]]
-    assert run_task(config(*args)) == {"computed": 1, "skipped": 0}
+    with pytest.raises(PtmzError, match=r"1 damaged runs left out: .*not valid JSON") as error:
+        run_task(config(*args))
+    assert f"{damaged / name}" in str(error.value)
+    assert len(list(zoo.rglob("cka_epoch_0003.json"))) == 1  # the intact grid point, measured
 
     status = launch(
         "task=status",
@@ -111,6 +114,41 @@ def test_a_done_run_without_its_final_weights_or_records_is_damaged(zoo, missing
     assert damaged not in [r.path for r in population]
     ((path, state),) = population.unfinished
     assert path == damaged and f"{damaged / missing}: is missing from a done run" in state
+
+
+@pytest.mark.parametrize("line", [2, 4])  # a middle epoch's, and the final one's
+def test_a_deleted_record_line_is_named_not_dropped(config, zoo, tmp_path, line):
+    records = runs_of(zoo)["w4_bs32_s0"] / "metrics.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(lines[: line - 1] + lines[line:]))
+    with pytest.raises(
+        PtmzError, match=rf"{records}: has no record of epoch {line - 1} \(of 0 to 3\)"
+    ):
+        run_task(config("task=collect", f"population={zoo}"))
+    grid = ["width=4", "batch_size=[32,64]", "seed=[0,1]", "epochs=3"]
+    checked = launch("task=status", f"out_dir={tmp_path}", "task.verify=true", *grid)
+    assert f"damaged: {records}: has no record of epoch {line - 1}" in checked.stdout
+
+
+@pytest.mark.parametrize("task", ["hessian", "collect", "plot", "export"])
+def test_every_task_does_the_other_runs_then_fails_naming_a_damaged_one(config, zoo, task):
+    damaged = runs_of(zoo)["w4_bs32_s1"]
+    (damaged / "metrics.jsonl").unlink()
+    args = [f"task={task}", f"population={zoo}", *FAST.get(task, [])]
+    if task == "hessian":
+        args.append("progress=false")
+    with pytest.raises(PtmzError, match=r"1 damaged runs left out: .*is missing from a done run"):
+        run_task(config(*args))
+    done = {
+        "hessian": lambda: len(list(zoo.rglob("hessian_epoch_0003.json"))) == 2,
+        "collect": lambda: (
+            set(pd.read_parquet(zoo / "results.parquet")["run"])
+            == {p.name for p in runs_of(zoo).values() if p != damaged}
+        ),
+        "plot": lambda: (zoo / "phase_diagram_epoch_0003.png").exists(),
+        "export": lambda: (zoo / "export").is_dir(),
+    }
+    assert done[task]()
 
 
 def test_an_out_dir_that_cannot_be_written_is_named_before_hydra_writes(tmp_path):

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ptmz.analysis.figures import Axes2D, landscape_epochs, phase_diagram, phase_evolution
 from ptmz.analysis.phases import PhaseThresholds, classify_phases
 from ptmz.analysis.table import results_table, save_table
-from ptmz.errors import ConfigError, PtmzError
+from ptmz.errors import ConfigError
 from ptmz.io import atomic_write
-from ptmz.tasks.population import Workspace
+from ptmz.tasks.population import Workspace, fail_if_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ def collect(cfg: DictConfig) -> dict[str, str]:
     print(f"{len(table)} rows (runs x epochs) x {len(table.columns)} columns")
     for path in (parquet, csv):
         print(f"wrote {path}")
-    if table.attrs["damaged"]:  # written without them; the job still says it is incomplete
-        damaged = table.attrs["damaged"]
-        raise PtmzError(f"{len(damaged)} damaged files left out of the table: {'; '.join(damaged)}")
+    fail_if_incomplete(population.damaged, table.attrs["damaged"])  # written without them
     return {"parquet": str(parquet), "csv": str(csv)}
 
 
@@ -93,4 +91,5 @@ def plot(cfg: DictConfig) -> dict[str, Any]:
         log.info("threshold: %s", line)
     for path in written:
         print(f"wrote {path}")
+    fail_if_incomplete(population.damaged, table.attrs["damaged"])  # drawn without them
     return {"files": [str(p) for p in written], "drawn": drawn, "omitted": omitted}

@@ -104,6 +104,7 @@ def average_epochs(cfg: DictConfig) -> dict[str, int]:
         inputs,
         compute,
         cfg.overwrite,
+        damaged_runs=ws.population.damaged,
     )
 
 

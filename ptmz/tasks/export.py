@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ptmz.analysis.phases import PhaseThresholds
-from ptmz.tasks.population import Workspace
+from ptmz.tasks.population import Workspace, fail_if_incomplete
 from ptmz.zoo.export import export_population
 
 
@@ -29,4 +29,5 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         f"exported {summary['models']} checkpoints of {summary['runs']} runs "
         f"({summary['shards']} shards) to {summary['out']}"
     )
+    fail_if_incomplete(population.damaged)  # listed in the card; the job says so too
     return summary

@@ -66,7 +66,9 @@ def grid_point_task(
             return {"applicable": False, "reason": "the grid point has a single seed"}
         return {"applicable": True, **compare(ws, runs, common_epoch(runs, cfg.epoch))}
 
-    return run_units(points, _point_name, target, inputs, compute, cfg.overwrite, headline)
+    return run_units(
+        points, _point_name, target, inputs, compute, cfg.overwrite, headline, ws.population.damaged
+    )
 
 
 def _point_name(point: tuple[str, list[Run]]) -> str:

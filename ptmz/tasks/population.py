@@ -34,7 +34,7 @@ from ptmz.data import (
 )
 from ptmz.data.datasets import SUPERSEDED_NORMALIZATION, normalization
 from ptmz.data.text import corpus_id
-from ptmz.errors import ConfigError, DamagedFile, MissingCheckpoint, choose
+from ptmz.errors import ConfigError, DamagedFile, MissingCheckpoint, PtmzError, choose
 from ptmz.io import exclusive, read_json, write_json
 from ptmz.objectives import Objective, objective_for
 from ptmz.progress import remaining
@@ -237,6 +237,19 @@ def mean_over(results: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in results])) for k in keys}
 
 
+def fail_if_incomplete(damaged_runs: Sequence[str], damaged_files: Sequence[str] = ()) -> None:
+    """Once a task has done all it could, fail naming the damaged runs (and result or record
+    files) it had to leave out, so that its job does not report a zoo complete that is not."""
+    parts = []
+    if damaged_files:
+        parts.append(f"{len(damaged_files)} damaged files left out of the table: ")
+        parts[-1] += "; ".join(damaged_files)
+    if damaged_runs:
+        parts.append(f"{len(damaged_runs)} damaged runs left out: {'; '.join(damaged_runs)}")
+    if parts:
+        raise PtmzError("\n".join(parts))
+
+
 def run_units(
     units: Sequence[Unit],
     name: Callable[[Unit], str],
@@ -245,6 +258,7 @@ def run_units(
     compute: Callable[[Unit], dict[str, Any]],
     overwrite: bool,
     headline: Sequence[str] = (),
+    damaged_runs: Sequence[str] = (),
 ) -> dict[str, int]:
     """Compute and store every unit's result unless its file already holds one computed from
     the same inputs (runs, epoch, settings); `overwrite` recomputes them all. Each result
@@ -255,7 +269,8 @@ def run_units(
     A unit whose runs lack the checkpoint asked for, or whose files are damaged, is logged and
     passed over, so that it costs its own result only; the first such error is raised once every
     other unit is done. Any other error (the data, the settings) concerns them all and stops the
-    task at once. A damaged result file is computed again."""
+    task at once. A damaged result file is computed again. `damaged_runs` (the population's,
+    left out of `units`) fail the task likewise once the units are done."""
     counts, failed, failed_units, seconds = {"computed": 0, "skipped": 0}, [], [], 0.0
     bar = tqdm(total=len(units), unit="unit", leave=False, disable=not sys.stderr.isatty())
     for done, unit in enumerate(units, 1):
@@ -284,7 +299,10 @@ def run_units(
         )
     if failed:
         log.error("%d of %d units failed (above); raising the first", len(failed), len(units))
+        for message in damaged_runs:
+            log.error("left out, damaged: %s", message)
         raise failed[0]
+    fail_if_incomplete(damaged_runs)
     return counts
 
 
@@ -365,4 +383,5 @@ def per_run_task(
         lambda run: compute(run, run.resolve_epoch(cfg.epoch)),
         cfg.overwrite,
         headline,
+        ws.population.damaged,
     )

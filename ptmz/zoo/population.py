@@ -202,6 +202,9 @@ SUPERSEDED = (
 )
 
 
+DAMAGED = "damaged: "  # how a damaged run's state in `Population.unfinished` begins
+
+
 def _superseded_normalization(config: dict[str, Any]) -> bool:
     """Whether a ptmz run's config predates its dataset's published normalisation."""
     dataset = config.get("dataset")
@@ -308,7 +311,7 @@ class Population:
         ]
         # each run's files read once: its state, then (when not damaged) its config
         states = {d.path: (d.state, d.damage) for d in found}
-        damaged = [(d.path, f"damaged: {states[d.path][1]}") for d in found if states[d.path][1]]
+        damaged = [(d.path, DAMAGED + states[d.path][1]) for d in found if states[d.path][1]]
         readable = [(d, states[d.path][0], d.config) for d in found if not states[d.path][1]]
         # runs trained under a dataset's superseded normalisation are another experiment
         superseded = [(d.path, SUPERSEDED) for d, _, c in readable if _superseded_normalization(c)]
@@ -358,6 +361,14 @@ class Population:
             [r for r in self.diverged if r.name in only],
             [(path, state) for path, state in self.unfinished if path.name in only],
         )
+
+    @property
+    def damaged(self) -> list[str]:
+        """Why each damaged run left out is damaged (its DamagedFile's message): the runs a task
+        could not do, which it names once it has done the others."""
+        return [
+            state.removeprefix(DAMAGED) for _, state in self.unfinished if state.startswith(DAMAGED)
+        ]
 
     def __iter__(self):
         return iter(self.runs)

@@ -156,6 +156,13 @@ class RunDir:
             except json.JSONDecodeError as error:
                 problem = f"line {number} is not valid JSON ({error})"
                 raise DamagedFile(path, problem, self.retrain) from None
+        status = self.status
+        final = status.get("epoch") if status and status["state"] == "done" else None
+        problem = _records_gap(
+            [r.get("epoch") if isinstance(r, dict) else None for r in records], final
+        )
+        if problem:
+            raise DamagedFile(path, problem, self.retrain)
         return records
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
@@ -302,6 +309,20 @@ class RunDir:
             self.state_path(other).unlink()
         if others:
             self._record_digests([])
+
+
+def _records_gap(epochs: list[Any], final: int | None) -> str | None:
+    """What is wrong with records whose epochs are `epochs`, or None: a run records every epoch
+    from 0, up to `final` where the run is done (a lost line would drop an epoch unnoticed)."""
+    numbered = [e for e in epochs if isinstance(e, int)]
+    last = final if isinstance(final, int) else max(numbered, default=-1)
+    expected = list(range(last + 1))
+    if epochs == expected:
+        return None
+    missing = [e for e in expected if e not in epochs]
+    if missing:
+        return f"has no record of epoch {', '.join(map(str, missing))} (of 0 to {last})"
+    return f"records epochs {epochs}, not each of 0 to {last} once"
 
 
 def _sha256(path: Path) -> str:
