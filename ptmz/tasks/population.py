@@ -240,12 +240,14 @@ def mean_over(results: list[dict[str, Any]]) -> dict[str, float]:
 def fail_if_incomplete(damaged_runs: Sequence[str], damaged_files: Sequence[str] = ()) -> None:
     """Once a task has done all it could, fail naming the damaged runs (and result or record
     files) it had to leave out, so that its job does not report a zoo complete that is not."""
-    parts = []
-    if damaged_files:
-        parts.append(f"{len(damaged_files)} damaged files left out of the table: ")
-        parts[-1] += "; ".join(damaged_files)
-    if damaged_runs:
-        parts.append(f"{len(damaged_runs)} damaged runs left out: {'; '.join(damaged_runs)}")
+    parts = [
+        f"{len(messages)} damaged {what} left out{where}: {'; '.join(messages)}"
+        for messages, what, where in (
+            (damaged_files, "files", " of the table"),
+            (damaged_runs, "runs", ""),
+        )
+        if messages
+    ]
     if parts:
         raise PtmzError("\n".join(parts))
 
